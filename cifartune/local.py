@@ -1,0 +1,81 @@
+"""One configuration trained in this process, without Ray: ``cifartune train``.
+
+The output directory holds ``config.yaml`` (the resolved config), ``metrics.parquet`` (one row
+per finished epoch, rewritten atomically after each) and ``checkpoint.pt`` (the latest epoch),
+so an interrupted run keeps its epochs and ``--resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, TrialConfig, dump_yaml, flatten, read_yaml
+from .data import load_arrays
+from .engine import FitResult, Metrics, StateThunk, fit, resolve_device
+from .results import atomic_write_bytes, epoch_rows, write_table
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.parquet"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    # Our own files: model/optimizer tensors plus plain Python metadata and RNG byte tensors.
+    state: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
+    return state
+
+
+def train_local(
+    config: TrialConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    on_epoch: Callable[[Metrics], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Train `config`, writing metrics and a checkpoint into `out` after every epoch."""
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT_FILE
+    state = None
+    if resume:
+        if not checkpoint.is_file():
+            raise ConfigError(f"--resume: no {CHECKPOINT_FILE} in {out}; nothing to resume")
+        saved = read_yaml(out / CONFIG_FILE)
+        if saved != config.model_dump(mode="json"):
+            raise ConfigError(
+                f"--resume: the config differs from {out / CONFIG_FILE}; resume with the same "
+                "config (or no --config/--set) or use a new --out"
+            )
+        state = load_checkpoint(checkpoint)
+    elif checkpoint.exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or a new --out")
+    dump_yaml(config, out / CONFIG_FILE)
+    device = resolve_device(config.device)
+    flat = flatten(config)
+
+    def report(metrics: Metrics, thunk: StateThunk) -> None:
+        run_state = thunk()
+        write_table(epoch_rows(run_state["history"], flat), out / METRICS_FILE)
+        save_checkpoint(run_state, checkpoint)
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    return fit(
+        config,
+        load_arrays(config.data),
+        report=report,
+        resume=state,
+        device=device,
+        progress=progress,
+    )

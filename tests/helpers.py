@@ -1,0 +1,71 @@
+"""Shared test fixtures: small generated datasets, quick configs, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifartune.config import build_trial_config
+from cifartune.data import CifarArrays
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = REPO.parent / "shared" / "data" / "cifar10"
+
+
+def synthetic_arrays(n_train: int = 400, n_test: int = 100, seed: int = 0) -> CifarArrays:
+    """Random uint8 images whose labels cycle 0..9 (so every class is present)."""
+    rng = np.random.default_rng(seed)
+
+    def images(n: int) -> np.ndarray:
+        return rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+
+    return CifarArrays(
+        images(n_train),
+        np.arange(n_train) % 10,
+        images(n_test),
+        np.arange(n_test) % 10,
+        "synthetic",
+    )
+
+
+def quick_config(**overrides: Any) -> Any:
+    """A TrialConfig for fast CPU tests; `overrides` use dotted keys with '__' for '.'."""
+    base = {"epochs": 1, "batch_size": 64, "device": "cpu", "threads": 2}
+    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return build_trial_config({}, base)
+
+
+def write_mirror(directory: Path, arrays: CifarArrays) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        directory / "train.npz",
+        images=arrays.train_images,
+        labels=arrays.train_labels.astype(np.uint8),
+    )
+    np.savez(
+        directory / "test.npz",
+        images=arrays.test_images,
+        labels=arrays.test_labels.astype(np.uint8),
+    )
+    return directory
+
+
+def run_cli(
+    args: Sequence[str], cwd: Path | None = None, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cifartune`` in a real subprocess (exit codes, stderr, signals are real)."""
+    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "cifartune", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,115 @@
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from .helpers import REPO, run_cli
+
+
+def test_help_of_every_command():
+    for args in (["--help"], ["train", "--help"], ["inspect", "--help"]):
+        result = run_cli(args)
+        assert result.returncode == 0, result.stderr
+        assert "usage: cifartune" in result.stdout
+
+
+def test_inspect_prints_the_seed_table():
+    result = run_cli(["inspect"])
+    assert result.returncode == 0
+    for number in ("2,432", "51,264", "102,464", "1,025,000", "10,010", "1,191,170"):
+        assert number in result.stdout
+    assert "14x14" in result.stdout  # conv2's receptive field
+
+
+def test_train_writes_metrics_config_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(
+        [
+            "train",
+            "--set",
+            "epochs=2",
+            "--set",
+            "data.train_subset=100",
+            "--set",
+            "data.augment=crop+flip",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "epoch   2" in result.stdout and f"results in {out}" in result.stdout
+    frame = pd.read_parquet(out / "metrics.parquet")
+    assert frame["epoch"].tolist() == [1, 2]
+    assert frame["config/data.augment"].iloc[0] == "crop+flip"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["data"]["augment"] == ["crop", "flip"]
+    assert (out / "checkpoint.pt").is_file()
+    # The same --out again without --resume is refused rather than overwritten.
+    again = run_cli(["train", "--set", "epochs=2", "--out", str(out)])
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--set", "optim.lr=-1"], "optim.lr = -1"),
+        (["train", "--set", "optim.lrr=0.1"], "did you mean 'lr'"),
+        (["train", "--set", "batch_size=big"], "batch_size = 'big'"),
+        (["train", "--config", "missing.yaml"], "missing.yaml: no such file"),
+        (
+            ["train", "--set", "data.dir=/nonexistent/cifar", "--set", "data.source=mirror"],
+            "/nonexistent/cifar: not a directory",
+        ),
+        (["inspect", "--set", "model.dropout=2"], "model.dropout = 2"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message_and_no_traceback(tmp_path, args, message):
+    result = run_cli(
+        [*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o" / "metrics.parquet").exists()
+
+
+def test_ctrl_c_keeps_finished_epochs_and_resume_completes_the_run(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--set",
+        "epochs=6",
+        "--set",
+        "data.train_subset=300",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifartune", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "metrics.parquet"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(pd.read_parquet(metrics)) >= 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "cifartune train --resume" in stderr and "Traceback" not in stderr
+    done = pd.read_parquet(metrics)["epoch"].tolist()
+    assert 2 <= len(done) < 6 and done == list(range(1, len(done) + 1))
+
+    result = run_cli(["train", "--resume", "--out", str(out)], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert pd.read_parquet(metrics)["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
