@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, load_trial_config
 
@@ -96,6 +97,149 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .spec import load_spec, trial_count
+
+    spec = load_spec(args.spec, args.overrides)
+    print(
+        f"{args.spec}: valid study '{spec.name}' ({trial_count(spec)} trials, "
+        f"{spec.search.algorithm} search, {spec.scheduler.name} scheduler)"
+    )
+    return 0
+
+
+def _print_plan(spec: Any) -> None:
+    import os
+
+    import torch
+
+    from .spec import grid_points, plan
+
+    cpus, gpus = float(os.cpu_count() or 1), float(torch.cuda.device_count())
+    p = plan(spec, cpus=cpus, gpus=gpus)
+    print(
+        f"study {spec.name}: {spec.search.algorithm} search, {spec.scheduler.name} scheduler, "
+        f"metric {spec.metric} ({spec.resolved_mode})"
+    )
+    points = list(grid_points(spec))
+    header = list(points[0]) if points and points[0] else []
+    sampled = [k for k, v in spec.space.items() if not isinstance(v, list)]
+    if spec.search.algorithm == "optuna":
+        lists = [k for k, v in spec.space.items() if isinstance(v, list)]
+        if lists or spec.variants:
+            print(
+                "note: under optuna, lists (and variants) are categorical choices, not a grid: "
+                + ", ".join(lists + (["variant"] if spec.variants else []))
+            )
+        print(
+            f"{p.trials} trials sampled by Optuna TPE (seed {spec.search.seed}) over: "
+            + ", ".join(spec.space)
+        )
+    else:
+        per_point = spec.search.samples
+        print(
+            f"{len(points)} grid point(s) x {per_point} sample(s) = {p.trials} trials"
+            + (f"; each samples {', '.join(sampled)}" if sampled else "")
+        )
+        if header:
+            print("  " + "  ".join(f"{h:>16}" for h in header))
+            for point in points[:50]:
+                print("  " + "  ".join(f"{point[h]!s:>16}" for h in header))
+            if len(points) > 50:
+                print(f"  ... {len(points) - 50} more")
+    print(f"epochs: {p.epochs_per_trial} per trial, worst case {p.worst_case_epochs} trial-epochs")
+    if p.expected_epochs is not None:
+        print(
+            f"ASHA: rungs at epochs {p.rungs}, reduction factor {spec.scheduler.reduction_factor}; "
+            f"expected about {p.expected_epochs:.0f} trial-epochs "
+            f"({p.expected_epochs / max(p.worst_case_epochs, 1):.0%} of worst case)"
+        )
+    res = spec.resources
+    print(
+        f"resources: {res.cpus:g} CPU + {res.gpus:g} GPU per trial; this machine has "
+        f"{cpus:g} CPUs, {gpus:g} GPUs -> {p.concurrent} trial(s) at once (limited by "
+        f"{p.bottleneck}), about {p.waves} wave(s)"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if args.dry_run:
+        _print_plan(spec)
+        return 0
+    from .study import run_study, study_directory
+
+    directory = study_directory(spec, args.storage)
+    print(f"study {spec.name}: results in {directory}")
+    logging.getLogger("cifartune").setLevel(logging.INFO)
+    outcome = run_study(
+        spec,
+        address=args.address,
+        resume=args.resume,
+        storage=args.storage,
+        verbose=args.verbose > 0,
+    )
+    _print_summary(outcome.directory)
+    if outcome.state != "completed":
+        print(
+            f"study interrupted; continue it with: cifartune run {args.spec} --resume"
+            + (f" --storage {args.storage}" if args.storage else ""),
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(f"results: {outcome.directory}  (report: cifartune report {outcome.directory})")
+    return 0
+
+
+def _print_summary(directory: Path) -> None:
+    from .results import read_study
+
+    study = read_study(directory)
+    meta, trials = study.meta, study.trials
+    print(
+        f"study {study.name} [{meta.get('state')}] started {meta.get('started')}"
+        + (f", finished {meta['finished']}" if meta.get("finished") else "")
+    )
+    if trials.empty:
+        print("no trial has reported yet")
+        return
+    states = trials["stop_reason"].value_counts().to_dict()
+    print(
+        f"trials: {len(trials)} ({', '.join(f'{n} {k}' for k, n in states.items())}); "
+        f"epochs done: {len(study.epochs)}; compute {_hours(trials['cpu_s'].sum())} CPU, "
+        f"{_hours(trials['gpu_s'].sum())} GPU"
+    )
+    scored = trials.dropna(subset=["best_metric"])
+    if scored.empty:
+        return
+    best = scored.loc[
+        scored["best_metric"].idxmax() if study.mode == "max" else scored["best_metric"].idxmin()
+    ]
+    factors = ", ".join(f"{k.removeprefix('config/')}={best[k]}" for k in study.searched_keys())
+    print(
+        f"best so far: {study.metric} {best['best_metric']:.3f} (trial {best['trial_id']}, "
+        f"epoch {int(best['best_epoch'])}) {factors}"
+    )
+    if not study.test.empty:
+        top = study.test[study.test["rank"] == 1]
+        print(
+            f"test set (best configuration, {len(top)} repeat(s)): top1 "
+            f"{top['test/top1'].mean():.2f}% (per repeat: "
+            f"{', '.join(f'{v:.2f}' for v in top['test/top1'])})"
+        )
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _print_summary(args.results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifartune", description="Hyperparameter studies of CIFAR-10 classifiers on Ray Tune."
@@ -114,6 +258,33 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="print the network's layer table (seed Q7, Q10)")
     _trial_config_args(inspect)
     inspect.set_defaults(func=cmd_inspect)
+
+    validate = sub.add_parser("validate", help="check a study spec fully; start nothing")
+    validate.add_argument("spec", type=Path)
+    validate.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
+    validate.set_defaults(func=cmd_validate)
+
+    run = sub.add_parser("run", help="run a study on Ray Tune")
+    run.add_argument("spec", type=Path)
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. --set base.epochs=2 --set space.optim.lr=[0.1]",
+    )
+    run.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    run.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    run.add_argument("--storage", type=Path, help="results root (default: the spec's storage)")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="summarize a running or finished study")
+    status.add_argument("results", type=Path, help="the study's results directory")
+    status.set_defaults(func=cmd_status)
     return parser
 
 
@@ -121,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING - 10 * args.verbose,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -135,8 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_user_error(exc: Exception) -> bool:
     from .data import DataError
+    from .results import StudyDirError
 
-    return isinstance(exc, ConfigError | DataError)
+    return isinstance(exc, ConfigError | DataError | StudyDirError)
 
 
 if __name__ == "__main__":

@@ -209,9 +209,10 @@ class DeviceData:
 def _to_device(
     images: np.ndarray, labels: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    # One transfer of uint8 (4x smaller than float); NHWC -> NCHW as a view, made contiguous once.
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
-    return x, torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+    # One transfer of uint8 (4x smaller than float); NHWC -> NCHW made contiguous once. The
+    # copy also detaches the tensors from read-only arrays (Ray's object store hands those out).
+    x = torch.tensor(images).to(device).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.int64).to(device)
 
 
 def to_device(arrays: CifarArrays, cfg: DataConfig, device: torch.device) -> DeviceData:

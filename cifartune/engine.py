@@ -338,3 +338,11 @@ def fit(
         if metrics["diverged"]:
             status = "diverged"
     return FitResult(status, list(run.history), run)
+
+
+def score_on_test(config: TrialConfig, data: DeviceData, state: dict[str, Any]) -> Metrics:
+    """Test-set loss/top-1/top-5 of the model saved in checkpoint `state` (normalizer refitted on
+    the same training split, so the input pipeline matches the one it was trained with)."""
+    run = build_run(config, data)
+    run.model.load_state_dict(state["model"])
+    return evaluate(run, data.test_x, data.test_y, "test")

@@ -6,9 +6,12 @@ half-written file and a crash loses at most the epoch in flight. Readers need on
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
 CONFIG_PREFIX = "config/"
 
 
@@ -70,3 +74,225 @@ def read_parquet_dir(directory: Path) -> pd.DataFrame:
     if not files:
         return pd.DataFrame()
     return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Study results directory:
+#   study.json          metadata: spec hash, versions, hardware, start/end, state
+#   spec.yaml           the resolved spec
+#   epochs/<trial>.parquet   one row per reported epoch of that trial
+#   trials.parquet      one row per trial: config, state, stop reason, best epoch, compute
+#   test.parquet        test-set scores of the best configurations, after the search
+#   ray/                Ray Tune's experiment state and checkpoints (for --resume)
+
+STUDY_FILE = "study.json"
+SPEC_FILE = "spec.yaml"
+EPOCHS_DIR = "epochs"
+TRIALS_FILE = "trials.parquet"
+TEST_FILE = "test.parquet"
+RAY_DIR = "ray"
+ENGINE_METRICS = (
+    "epoch", "lr",
+    "train/loss", "train/top1", "train/top5",
+    "val/loss", "val/top1", "val/top5",
+    "test/loss", "test/top1", "test/top5",
+    "time/train_s", "time/epoch_s", "time/images_per_s", "diverged", "node_id",
+)  # fmt: skip
+# Keys that vary between repeats of one configuration (or only say where it ran).
+NOT_CONFIGURATION = ("seed", "threads", "device")
+
+
+class StudyDirError(ValueError):
+    """A path that is not a cifartune study results directory."""
+
+
+def group_id(flat_config: Mapping[str, Any]) -> str:
+    """Same id for the repeats (seeds) of one configuration."""
+    import hashlib
+
+    identity = {k: _scalar(v) for k, v in sorted(flat_config.items()) if k not in NOT_CONFIGURATION}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
+        :10
+    ]
+
+
+class StudyRecorder:
+    """Turns Ray's per-trial events into the Parquet files above; holds no Ray objects.
+
+    Each trial's epochs file is rewritten whole (atomically) on every epoch. A trial restored
+    from an earlier checkpoint re-reports epochs: rows from that epoch on are replaced, so every
+    epoch of every trial is stored exactly once however often the study is resumed.
+    """
+
+    def __init__(
+        self, directory: Path, resolve: Any, metric: str, mode: str, cpus: float, gpus: float
+    ):
+        self.directory = directory
+        self.resolve = resolve  # sample -> flat trial config (dict)
+        self.metric, self.mode = metric, mode
+        self.cpus, self.gpus = cpus, gpus
+        self._epochs: dict[str, pd.DataFrame] = {}
+        self._states: dict[str, tuple[str, dict[str, Any], str | None]] = {}
+        self._retries: dict[str, int] = {}
+        (directory / EPOCHS_DIR).mkdir(parents=True, exist_ok=True)
+
+    def _trial_epochs(self, trial_id: str) -> pd.DataFrame:
+        if trial_id not in self._epochs:
+            path = self.directory / EPOCHS_DIR / f"{trial_id}.parquet"
+            self._epochs[trial_id] = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+        return self._epochs[trial_id]
+
+    def record_epoch(
+        self, trial_id: str, sample: Mapping[str, Any], result: Mapping[str, Any]
+    ) -> None:
+        if "epoch" not in result:
+            return
+        flat = self.resolve(sample)
+        metrics = {k: result[k] for k in ENGINE_METRICS if k in result}
+        row = epoch_rows(
+            [metrics],
+            flat,
+            trial_id=trial_id,
+            group=group_id(flat),
+            variant=sample.get("variant", ""),
+            seed=flat["seed"],
+        )
+        previous = self._trial_epochs(trial_id)
+        if not previous.empty:
+            previous = previous[previous["epoch"] < metrics["epoch"]]
+        frame = pd.concat([previous, row], ignore_index=True) if not previous.empty else row
+        self._epochs[trial_id] = frame
+        write_table(frame, self.directory / EPOCHS_DIR / f"{trial_id}.parquet")
+
+    def record_retry(self, trial_id: str, error: str | None) -> None:
+        self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
+        log.warning("trial %s failed and is retried from its last checkpoint: %s", trial_id, error)
+
+    def record_states(self, states: Mapping[str, tuple[str, dict[str, Any], str | None]]) -> None:
+        self._states.update(states)
+        write_table(self.trial_table(), self.directory / TRIALS_FILE)
+
+    def trial_table(self) -> pd.DataFrame:
+        rows = [self._trial_row(tid, *state) for tid, state in self._states.items()]
+        return pd.DataFrame(rows)
+
+    def _trial_row(
+        self, trial_id: str, state: str, sample: dict[str, Any], error: str | None
+    ) -> dict[str, Any]:
+        flat = self.resolve(sample)
+        epochs = self._trial_epochs(trial_id)
+        row: dict[str, Any] = {
+            "trial_id": trial_id,
+            "group": group_id(flat),
+            "variant": sample.get("variant", ""),
+            "seed": flat["seed"],
+            "state": state,
+            "error": error,
+            "retries": self._retries.get(trial_id, 0),
+            "max_epochs": flat["epochs"],
+        }
+        row.update(summarize_epochs(epochs, self.metric, self.mode, flat["epochs"], state))
+        row["cpu_s"] = row["time_s"] * self.cpus
+        row["gpu_s"] = row["time_s"] * self.gpus
+        row.update({CONFIG_PREFIX + k: _scalar(v) for k, v in flat.items()})
+        return row
+
+
+def summarize_epochs(
+    epochs: pd.DataFrame, metric: str, mode: str, planned: int, state: str
+) -> dict[str, Any]:
+    """Per-trial summary: epochs run, best epoch and value of `metric`, stop reason, time."""
+    run = len(epochs)
+    summary: dict[str, Any] = {
+        "epochs_run": run,
+        "best_epoch": None,
+        "best_metric": None,
+        "final_val_top1": None,
+        "final_train_top1": None,
+        "time_s": 0.0,
+    }
+    if run:
+        values = pd.to_numeric(epochs[metric], errors="coerce")
+        best = values.idxmax() if mode == "max" else values.idxmin()
+        if pd.notna(best):
+            summary["best_epoch"] = int(epochs.loc[best, "epoch"])
+            summary["best_metric"] = float(values[best])
+        last = epochs.iloc[-1]
+        summary["final_val_top1"] = float(last["val/top1"])
+        summary["final_train_top1"] = float(last["train/top1"])
+        summary["time_s"] = float(epochs["time/epoch_s"].sum())
+    diverged = bool(run and epochs.iloc[-1].get("diverged", False))
+    if state == "ERROR":
+        reason = "error"
+    elif diverged:
+        reason = "diverged"
+    elif state == "TERMINATED":
+        reason = "completed" if run >= planned else "early-stopped"
+    else:
+        reason = state.lower()
+    summary["stop_reason"] = reason
+    return summary
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """Everything a study wrote, read back with pandas only (no Ray, no GPU)."""
+
+    directory: Path
+    meta: dict[str, Any]
+    spec: dict[str, Any]
+    epochs: pd.DataFrame
+    trials: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.directory.name))
+
+    @property
+    def metric(self) -> str:
+        return str(self.spec.get("metric", "val/top1"))
+
+    @property
+    def mode(self) -> str:
+        mode = self.spec.get("mode")
+        if mode:
+            return str(mode)
+        return "min" if self.metric.endswith("loss") else "max"
+
+    def searched_keys(self) -> list[str]:
+        """Config columns that vary across trials (seed excluded): the study's factors."""
+        columns = [c for c in self.trials.columns if c.startswith(CONFIG_PREFIX)]
+        varying = [c for c in columns if self.trials[c].astype(str).nunique() > 1]
+        return [c for c in varying if c.removeprefix(CONFIG_PREFIX) not in NOT_CONFIGURATION]
+
+
+def read_study(directory: Path) -> StudyData:
+    """Load a study results directory, or raise StudyDirError saying what is missing."""
+    import yaml
+
+    meta_path = directory / STUDY_FILE
+    if not directory.is_dir():
+        raise StudyDirError(f"{directory}: no such directory")
+    if not meta_path.is_file():
+        raise StudyDirError(
+            f"{directory}: not a cifartune study results directory (no {STUDY_FILE}); "
+            "pass the directory `cifartune run` printed, e.g. results/<study name>"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StudyDirError(f"{meta_path}: unreadable ({exc})") from None
+    spec_path = directory / SPEC_FILE
+    spec = yaml.safe_load(spec_path.read_text()) if spec_path.exists() else {}
+
+    def optional(name: str) -> pd.DataFrame:
+        path = directory / name
+        return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+    epochs = read_parquet_dir(directory / EPOCHS_DIR)
+    if not epochs.empty:
+        epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)
+    return StudyData(
+        directory, meta, spec or {}, epochs, optional(TRIALS_FILE), optional(TEST_FILE)
+    )
