@@ -302,9 +302,12 @@ def score_best_on_test(
     for rank, group in enumerate(best_groups, start=1):
         for trial in scored[scored["group"] == group].itertuples():
             result = results.get(trial.trial_id)
+            if result is None:
+                log.warning("trial %s is not in Ray's results; not scored on test", trial.trial_id)
+                continue
             checkpoints = [
                 (c, m)
-                for c, m in (result.best_checkpoints if result else [])
+                for c, m in result.best_checkpoints
                 if m.get(spec.metric) is not None and math.isfinite(m[spec.metric])
             ]
             if not checkpoints:
