@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_trial_config
+from .config import load_trial_config
+from .errors import CifartuneError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -217,7 +218,9 @@ def _print_summary(directory: Path) -> None:
     best = scored.loc[
         scored["best_metric"].idxmax() if study.mode == "max" else scored["best_metric"].idxmin()
     ]
-    factors = ", ".join(f"{k.removeprefix('config/')}={best[k]}" for k in study.searched_keys())
+    factors = ", ".join(f"{k.removeprefix('config/')}={best[k]}" for k in study.factor_keys())
+    if study.has_variants():
+        factors = f"variant={best['variant']} {factors}"
     print(
         f"best so far: {study.metric} {best['best_metric']:.3f} (trial {best['trial_id']}, "
         f"epoch {int(best['best_epoch'])}) {factors}"
@@ -237,6 +240,17 @@ def _hours(seconds: float) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     _print_summary(args.results)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    report = build_report(args.results, args.out, args.title)
+    print(
+        f"report: {report.out / 'report.html'} ({len(report.images)} figures; "
+        f"summary {report.out / 'summary.md'})"
+    )
     return 0
 
 
@@ -285,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="summarize a running or finished study")
     status.add_argument("results", type=Path, help="the study's results directory")
     status.set_defaults(func=cmd_status)
+
+    report = sub.add_parser("report", help="HTML + Markdown report of one or several studies")
+    report.add_argument("results", type=Path, nargs="+", help="study results directories")
+    report.add_argument("--out", type=Path, help="output directory (default reports/<study>)")
+    report.add_argument("--title", help="report title")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -307,10 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    from .data import DataError
-    from .results import StudyDirError
-
-    return isinstance(exc, ConfigError | DataError | StudyDirError)
+    return isinstance(exc, CifartuneError)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import ConfigError
+
 AUGMENTATIONS = ("crop", "flip", "rotate", "jitter", "cutout")
 Augmentation = Literal["crop", "flip", "rotate", "jitter", "cutout"]
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
@@ -22,10 +24,6 @@ ScheduleName = Literal["constant", "exponential", "step", "cosine", "onecycle"]
 # Momentum used when the spec leaves `optim.momentum` unset: plain SGD and the adaptive methods
 # get none, the momentum variants the usual 0.9.
 DEFAULT_MOMENTUM: dict[str, float] = {"momentum": 0.9, "nesterov": 0.9}
-
-
-class ConfigError(ValueError):
-    """A configuration or spec that cannot run; the message is meant for the user as is."""
 
 
 def _parse_augment(value: Any) -> Any:

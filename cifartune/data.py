@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ MIRROR_LAYOUT = (
     "train.npz and test.npz, each with 'images' uint8 (N, 32, 32, 3) HWC RGB and 'labels' (N,) "
     "integers in 0..9"
 )
-
-
-class DataError(RuntimeError):
-    """The data cannot be used; the message names the path and what was expected."""
 
 
 @dataclass(frozen=True)

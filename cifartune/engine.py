@@ -218,6 +218,7 @@ def train_one_epoch(run: Run, progress: Progress | None = None) -> Metrics:
     top5 = torch.zeros_like(top1)
     seen = 0
     diverged = False
+    initial: Metrics = {}
     start = time.perf_counter()
     for step, index in enumerate(order.split(cfg.batch_size)):
         labels = data.train_y[index]
@@ -232,6 +233,13 @@ def train_one_epoch(run: Run, progress: Progress | None = None) -> Metrics:
             run.scheduler.step()
         loss_sum += loss.detach() * len(labels)
         c1, c5 = _topk_correct(logits.detach(), labels)
+        if run.epoch == 0 and step == 0:
+            # The untrained network on its first batch (seed Q17): chance is ln 10, 10%, 50%.
+            initial = {
+                "init/loss": loss.item(),
+                "init/top1": 100.0 * c1.item() / len(labels),
+                "init/top5": 100.0 * c5.item() / len(labels),
+            }
         top1 += c1
         top5 += c5
         seen += len(labels)
@@ -251,6 +259,7 @@ def train_one_epoch(run: Run, progress: Progress | None = None) -> Metrics:
         "time/train_s": seconds,
         "time/images_per_s": seen / seconds,
         "diverged": diverged or not _finite_and_bounded(torch.tensor(mean_loss)),
+        **initial,
     }
 
 

@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import StudyDirError
+
 log = logging.getLogger(__name__)
 CONFIG_PREFIX = "config/"
 
@@ -97,13 +99,15 @@ ENGINE_METRICS = (
     "val/loss", "val/top1", "val/top5",
     "test/loss", "test/top1", "test/top5",
     "time/train_s", "time/epoch_s", "time/images_per_s", "diverged", "node_id",
+    "init/loss", "init/top1", "init/top5", "pid",
+)  # fmt: skip
+TRIAL_COLUMNS = (
+    "trial_id", "group", "variant", "seed", "state", "error", "retries", "max_epochs",
+    "epochs_run", "best_epoch", "best_metric", "final_val_top1", "final_train_top1", "time_s",
+    "stop_reason", "cpu_s", "gpu_s",
 )  # fmt: skip
 # Keys that vary between repeats of one configuration (or only say where it ran).
 NOT_CONFIGURATION = ("seed", "threads", "device")
-
-
-class StudyDirError(ValueError):
-    """A path that is not a cifartune study results directory."""
 
 
 def group_id(flat_config: Mapping[str, Any]) -> str:
@@ -134,6 +138,14 @@ class StudyRecorder:
         self._epochs: dict[str, pd.DataFrame] = {}
         self._states: dict[str, tuple[str, dict[str, Any], str | None]] = {}
         self._retries: dict[str, int] = {}
+        # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
+        # complete (here or before a resume, per the trial table) are finished.
+        self._finished: set[str] = set()
+        table = directory / TRIALS_FILE
+        if table.exists():
+            previous = pd.read_parquet(table)
+            self._finished = set(previous.loc[previous["state"] == "TERMINATED", "trial_id"])
+            self._retries = dict(zip(previous["trial_id"], previous["retries"], strict=True))
         (directory / EPOCHS_DIR).mkdir(parents=True, exist_ok=True)
 
     def _trial_epochs(self, trial_id: str) -> pd.DataFrame:
@@ -168,8 +180,14 @@ class StudyRecorder:
         self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
         log.warning("trial %s failed and is retried from its last checkpoint: %s", trial_id, error)
 
+    def record_complete(self, trial_id: str) -> None:
+        self._finished.add(trial_id)
+
     def record_states(self, states: Mapping[str, tuple[str, dict[str, Any], str | None]]) -> None:
-        self._states.update(states)
+        for trial_id, (state, sample, error) in states.items():
+            if state == "TERMINATED" and trial_id not in self._finished:
+                state = "INTERRUPTED"
+            self._states[trial_id] = (state, sample, error)
         write_table(self.trial_table(), self.directory / TRIALS_FILE)
 
     def trial_table(self) -> pd.DataFrame:
@@ -260,11 +278,15 @@ class StudyData:
             return str(mode)
         return "min" if self.metric.endswith("loss") else "max"
 
-    def searched_keys(self) -> list[str]:
-        """Config columns that vary across trials (seed excluded): the study's factors."""
-        columns = [c for c in self.trials.columns if c.startswith(CONFIG_PREFIX)]
-        varying = [c for c in columns if self.trials[c].astype(str).nunique() > 1]
-        return [c for c in varying if c.removeprefix(CONFIG_PREFIX) not in NOT_CONFIGURATION]
+    def factor_keys(self) -> list[str]:
+        """Config columns of the spec's search space that vary across trials (the variants,
+        which change several keys at once, are the ``variant`` column instead)."""
+        space = self.spec.get("space") or {}
+        keys = [CONFIG_PREFIX + k for k in space if CONFIG_PREFIX + k in self.trials]
+        return [k for k in keys if self.trials[k].astype(str).nunique() > 1]
+
+    def has_variants(self) -> bool:
+        return bool(self.spec.get("variants")) and "variant" in self.trials
 
 
 def read_study(directory: Path) -> StudyData:
@@ -291,8 +313,10 @@ def read_study(directory: Path) -> StudyData:
         return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 
     epochs = read_parquet_dir(directory / EPOCHS_DIR)
-    if not epochs.empty:
-        epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)
-    return StudyData(
-        directory, meta, spec or {}, epochs, optional(TRIALS_FILE), optional(TEST_FILE)
-    )
+    if epochs.empty:  # a study that has not reported yet still has the columns readers use
+        epochs = pd.DataFrame(columns=["trial_id", "group", "variant", "seed", *ENGINE_METRICS])
+    epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)
+    trials = optional(TRIALS_FILE)
+    if trials.empty:
+        trials = pd.DataFrame(columns=TRIAL_COLUMNS)
+    return StudyData(directory, meta, spec or {}, epochs, trials, optional(TEST_FILE))

@@ -149,6 +149,7 @@ class ParquetCallback(tune.Callback):
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
+        self.recorder.record_complete(trial.trial_id)
         self._sync(trials)
         log.info("trial %s finished", trial.trial_id)
 

@@ -113,3 +113,46 @@ def test_ctrl_c_keeps_finished_epochs_and_resume_completes_the_run(tmp_path):
     result = run_cli(["train", "--resume", "--out", str(out)], cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert pd.read_parquet(metrics)["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+BAD_SPECS = [
+    ("nmae: x\n", "did you mean 'name'"),
+    ("name: s\nrepeats: many\n", "repeats = 'many'"),
+    ("name: s\nspace:\n  optim.lr: []\n", "space.optim.lr"),
+    ("name: s\nspace:\n  optim.lr: [0.1, 0]\n", "optim.lr = 0"),
+    ("name: s\nspace:\n  batch_size: [0]\n", "batch_size = 0"),
+    ("name: s\nresources: {gpus: 1.5}\n", "resources.gpus"),
+    ("name: s\nresources: {gpus: -1}\n", "resources.gpus"),
+    ("name: s\nbase: {optim: {name: sgdd}}\n", "base.optim.name = 'sgdd'"),
+    ("name: s\nscheduler: {name: hyperband}\n", "scheduler.name = 'hyperband'"),
+    ("name: s\nsearch: {algorithm: bayes}\n", "search.algorithm = 'bayes'"),
+    ("name: s\nbase: {epochs: 3}\nscheduler: {name: asha, grace_period: 4}\n", "grace_period = 4"),
+    ("name: s\nmetric: val/f1\n", "metric = 'val/f1'"),
+    ("name: s\nbase:\n  optim: {lr: [0.1\n", "line 4, column 1: YAML syntax error"),
+    ("", "is empty"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SPECS)
+def test_bad_spec_exits_2_naming_the_field(tmp_path, text, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    for command in (["validate", str(path)], ["run", str(path), "--storage", str(tmp_path / "r")]):
+        result = run_cli(command, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()  # nothing started, nothing written
+
+
+def test_unwritable_storage_is_refused_before_ray_starts(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_cli(["run", str(REPO / "studies" / "smoke.yaml"), "--storage", str(blocker / "x")])
+    assert result.returncode == 2
+    assert "storage: cannot write results to" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shipped_studies_validate():
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        result = run_cli(["validate", str(path)])
+        assert result.returncode == 0, (path, result.stderr)

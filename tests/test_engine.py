@@ -28,11 +28,12 @@ def test_reports_every_epoch_with_the_stable_metric_names(bundled):
     result = fit(config, bundled, report=lambda m, state: seen.append((m, state)))
     assert result.status == "completed"
     assert [m["epoch"] for m, _ in seen] == [1, 2]
-    expected = {"epoch", "lr", "diverged", *TIMING}
+    expected = {"epoch", "lr", "diverged", *TIMING, "init/loss", "init/top1", "init/top5"}
     expected |= {
         f"{split}/{name}" for split in ("train", "val", "test") for name in ("loss", "top1", "top5")
     }
     assert set(seen[0][0]) == expected
+    assert "init/loss" not in seen[1][0]  # only the first epoch carries the untrained batch
     checkpoint = seen[-1][1]()
     assert checkpoint["epoch"] == 2 and len(checkpoint["history"]) == 2
 
@@ -41,6 +42,7 @@ def test_first_epoch_loss_on_random_init_is_near_ln10(bundled):
     # With a tiny learning rate the network stays at its initialisation for the whole epoch.
     config = quick_config(optim__lr=1e-6, data__train_subset=500)
     result = fit(config, bundled)
+    assert result.history[0]["init/loss"] == pytest.approx(math.log(10), abs=0.1)
     assert result.history[0]["train/loss"] == pytest.approx(math.log(10), abs=0.05)
     assert result.history[0]["val/top1"] == pytest.approx(10, abs=6)
     assert result.history[0]["val/top5"] == pytest.approx(50, abs=15)

@@ -1,0 +1,126 @@
+"""Tiny study specs for the Ray tests (bundled data, CPU, seconds per trial)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+TINY_BASE = {
+    "epochs": 2,
+    "batch_size": 50,
+    "data": {"train_subset": 100, "val_size": 100},
+}
+
+
+def write_spec(directory: Path, **fields: Any) -> Path:
+    spec = {"name": "tiny", "base": TINY_BASE, "resources": {"cpus": 1}, **fields}
+    path = directory / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def epochs_of(results: Path) -> pd.DataFrame:
+    from cifartune.results import read_study
+
+    return read_study(results).epochs
+
+
+DETERMINISTIC = ["epoch", "train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr"]
+
+
+def fabricate_study(
+    directory: Path,
+    spec_tree: dict[str, Any],
+    curves: dict[str, Any],
+    state: str = "completed",
+    test_scores: dict[str, float] | None = None,
+) -> Path:
+    """A study results directory written by the study code (spec loader + StudyRecorder) from
+    made-up epoch metrics instead of Ray: `curves` maps a trial id to (sample, [val_top1 per
+    epoch], final state, diverged flag)."""
+    import json
+    import math
+
+    from cifartune.results import StudyRecorder, write_table
+    from cifartune.spec import build_spec, spec_hash
+    from cifartune.study import resolve_flat
+
+    spec = build_spec(spec_tree)
+    study_dir = directory / spec.name
+    study_dir.mkdir(parents=True)
+    (study_dir / "spec.yaml").write_text(
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    )
+    (study_dir / "study.json").write_text(
+        json.dumps(
+            {
+                "name": spec.name,
+                "spec_hash": spec_hash(spec),
+                "state": state,
+                "started": "2026-01-01T00:00:00+00:00",
+                "versions": {"torch": "x"},
+                "hardware": {"host": "test", "cpus": 2, "gpus": []},
+            }
+        )
+    )
+    recorder = StudyRecorder(
+        study_dir,
+        lambda s: resolve_flat(spec, s),
+        spec.metric,
+        spec.resolved_mode,
+        spec.resources.cpus,
+        spec.resources.gpus,
+    )
+    states = {}
+    for trial_id, (sample, val_top1, final_state, diverged) in curves.items():
+        for epoch, top1 in enumerate(val_top1, start=1):
+            last = epoch == len(val_top1)
+            loss = 2.3 - 0.08 * epoch + (0.02 * epoch**1.5 if top1 < 60 else 0)
+            recorder.record_epoch(
+                trial_id,
+                sample,
+                {
+                    "epoch": epoch,
+                    "lr": 0.1,
+                    "train/loss": 2.3 - 0.1 * epoch,
+                    "train/top1": min(99.0, top1 + 2 * epoch),
+                    "train/top5": 90.0,
+                    "val/loss": math.nan if (diverged and last) else loss,
+                    "val/top1": top1,
+                    "val/top5": 90.0,
+                    "time/train_s": 1.0 + 8 / sample.get("batch_size", 128),
+                    "time/epoch_s": 1.2 + 8 / sample.get("batch_size", 128),
+                    "time/images_per_s": 100.0 * sample.get("batch_size", 128) ** 0.5,
+                    "diverged": diverged and last,
+                    "init/loss": 2.30,
+                    "init/top1": 10.0,
+                    "init/top5": 50.0,
+                    "node_id": "n1",
+                    "pid": 1,
+                },
+            )
+        if final_state == "TERMINATED":
+            recorder.record_complete(trial_id)
+        states[trial_id] = (final_state, sample, None)
+    recorder.record_states(states)
+    if test_scores:
+        trials = recorder.trial_table()
+        rows = [
+            {
+                "rank": 1,
+                "group": trials.set_index("trial_id").loc[t, "group"],
+                "trial_id": t,
+                "seed": 0,
+                "variant": "",
+                "epoch": 1,
+                "test/loss": 1.0,
+                "test/top1": v,
+                "test/top5": 95.0,
+            }
+            for t, v in test_scores.items()
+        ]
+        write_table(pd.DataFrame(rows), study_dir / "test.parquet")
+    return study_dir

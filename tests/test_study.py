@@ -1,0 +1,184 @@
+"""Studies on a real local Ray runtime (small data, CPU)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from cifartune.results import read_study
+
+from .helpers import run_cli
+from .studies import DETERMINISTIC, TINY_BASE, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def test_grid_study_writes_one_row_per_trial_epoch(tmp_path):
+    spec = write_spec(
+        tmp_path, space={"optim.lr": [0.05, 0.01], "batch_size": [25, 50]}, test_best=2
+    )
+    result = run_cli(["run", str(spec), "--storage", str(tmp_path / "results")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    study = read_study(tmp_path / "results" / "tiny")
+    assert study.meta["state"] == "completed"
+    epochs, trials = study.epochs, study.trials
+    assert len(trials) == 4 and set(trials["stop_reason"]) == {"completed"}
+    assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2]] * 4
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert set(zip(trials["config/optim.lr"], trials["config/batch_size"], strict=True)) == {
+        (0.05, 25),
+        (0.05, 50),
+        (0.01, 25),
+        (0.01, 50),
+    }
+    # The trial table agrees with the epoch rows.
+    for trial in trials.itertuples():
+        rows = epochs[epochs["trial_id"] == trial.trial_id]
+        assert trial.best_metric == rows["val/top1"].max()
+    # The two best configurations were scored once each on the test set.
+    assert len(study.test) == 2 and study.test["test/top1"].between(0, 100).all()
+    assert study.test.iloc[0]["trial_id"] == trials.loc[trials["best_metric"].idxmax(), "trial_id"]
+    status = run_cli(["status", str(tmp_path / "results" / "tiny")])
+    assert status.returncode == 0 and "4 completed" in status.stdout
+
+
+def test_optuna_asha_study_stops_trials_early(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        base={**TINY_BASE, "epochs": 6},
+        space={
+            "optim.lr": {"type": "float", "low": 1e-5, "high": 0.1, "log": True},
+            "optim.name": ["sgd", "adam"],
+        },  # a list under Optuna is a categorical choice
+        search={"algorithm": "optuna", "samples": 8, "seed": 1},
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        resources={"cpus": 1, "max_concurrent": 2},
+    )
+    result = run_cli(["run", str(spec), "--storage", str(tmp_path / "r")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = read_study(tmp_path / "r" / "tiny")
+    trials, epochs = study.trials, study.epochs
+    assert len(trials) == 8
+    assert (trials["stop_reason"] == "early-stopped").any()
+    assert (trials["stop_reason"] == "completed").any()
+    assert set(trials["config/optim.name"]) <= {"sgd", "adam"}
+    per_trial = epochs.groupby("trial_id")["epoch"].apply(list)
+    for trial in trials.itertuples():
+        assert per_trial[trial.trial_id] == list(range(1, trial.epochs_run + 1))
+    assert len(epochs) < 8 * 6  # ASHA saved trial-epochs
+
+
+def test_dry_run_counts_and_starts_nothing(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        space={"optim.lr": [0.1, 0.01, 0.001], "batch_size": [25, 50]},
+        variants={"a": {}, "b": {"model.dropout": 0.5}},
+        repeats=2,
+    )
+    result = run_cli(["run", str(spec), "--dry-run", "--storage", str(tmp_path / "r")])
+    assert result.returncode == 0, result.stderr
+    assert "24 grid point(s) x 1 sample(s) = 24 trials" in result.stdout
+    assert "worst case 48 trial-epochs" in result.stdout
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_explains_lists_under_optuna(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        space={"optim.lr": [0.1, 0.01], "model.dropout": {"type": "float", "low": 0, "high": 0.5}},
+        search={"algorithm": "optuna", "samples": 5},
+        scheduler={"name": "asha", "grace_period": 1},
+    )
+    result = run_cli(["run", str(spec), "--dry-run"])
+    assert "lists (and variants) are categorical choices" in result.stdout
+    assert "5 trials sampled by Optuna" in result.stdout
+    assert "ASHA: rungs at epochs [1]" in result.stdout
+
+
+def _wait_for(predicate, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+def _rows(results):
+    try:
+        return read_study(results).epochs
+    except Exception:
+        return pd.DataFrame()
+
+
+def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        base={**TINY_BASE, "epochs": 8, "data": {"train_subset": 400, "val_size": 100}},
+        retries=2,
+    )
+    results = tmp_path / "r" / "tiny"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(lambda: len(_rows(results)) >= 3)
+    victim = int(_rows(results)["pid"].iloc[-1])
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr
+    study = read_study(results)
+    epochs = study.epochs
+    assert epochs["epoch"].tolist() == list(range(1, 9))
+    pids = epochs["pid"].tolist()
+    assert pids[0] == victim and pids[-1] != victim  # early epochs kept, later ones from the retry
+    assert (
+        study.trials.iloc[0]["retries"] == 1 and study.trials.iloc[0]["stop_reason"] == "completed"
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_driver_resumes_to_the_uninterrupted_result(tmp_path, sig):
+    fields = dict(
+        base={**TINY_BASE, "epochs": 5, "data": {"train_subset": 300, "val_size": 100}},
+        space={"optim.lr": [0.05, 0.01]},
+    )
+    reference_spec = write_spec(tmp_path, name="ref", **fields)
+    assert (
+        run_cli(
+            ["run", str(reference_spec), "--storage", str(tmp_path / "r")], cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    spec = write_spec(tmp_path, name="cut", **fields)
+    results = tmp_path / "r" / "cut"
+    cmd = [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")]
+    driver = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for(lambda: len(_rows(results)) >= 3)
+    driver.send_signal(sig)
+    _, stderr = driver.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert driver.returncode == 130, stderr
+        assert "--resume" in stderr and "Traceback" not in stderr
+    assert read_study(results).meta["state"] != "completed"
+
+    resumed = run_cli(
+        ["run", str(spec), "--storage", str(tmp_path / "r"), "--resume"], cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = read_study(results).epochs, read_study(tmp_path / "r" / "ref").epochs
+    key = ["config/optim.lr", "epoch"]
+    got = got.sort_values(key, ignore_index=True)
+    want = want.sort_values(key, ignore_index=True)
+    assert len(got) == 2 * 5 and not got.duplicated(key).any()
+    pd.testing.assert_frame_equal(got[key + DETERMINISTIC[1:]], want[key + DETERMINISTIC[1:]])
