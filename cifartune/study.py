@@ -134,12 +134,17 @@ def _claim(directory: Path, spec: StudySpec, resume: bool) -> dict[str, Any] | N
 def _init_ray(address: str | None, verbose: bool) -> None:
     import ray
 
+    if not verbose:
+        # Ray Tune's own interrupt notice points at Tuner.restore; the CLI says how to resume.
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     # Trial processes' own output (Ray's checkpoint chatter) reaches the terminal only with -v;
-    # trial errors still do, through the trial error files the driver reads.
+    # trial errors still do, through the trial error files the driver reads. Without --address,
+    # "local" starts a private runtime instead of joining whatever `ray start` left registered
+    # on this machine (a stale registration makes a plain ray.init() hang).
     ray.init(
-        address=address,
+        address=address or "local",
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=verbose,
