@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import time
@@ -14,7 +15,9 @@ from .config import load_trial_config
 from .errors import CifartuneError
 
 EXIT_USAGE = 2
+EXIT_STORAGE = 74  # EX_IOERR
 EXIT_INTERRUPTED = 130
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def _trial_config_args(parser: argparse.ArgumentParser) -> None:
@@ -319,6 +322,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except OSError as exc:
+        # A full disk or a lost mount: say which file and stop; finished work is already on disk
+        # (every results file is replaced atomically, so none is left half-written).
+        if args.debug or exc.errno not in STORAGE_ERRNOS:
+            raise
+        print(
+            f"cifartune {args.command}: error: {exc.filename or ''}: {exc.strerror}; the "
+            "results written before this are complete and readable",
+            file=sys.stderr,
+        )
+        return EXIT_STORAGE
     except Exception as exc:
         if args.debug or not _is_user_error(exc):
             raise

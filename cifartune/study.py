@@ -135,8 +135,10 @@ def _init_ray(address: str | None, verbose: bool) -> None:
     import ray
 
     if not verbose:
-        # Ray Tune's own interrupt notice points at Tuner.restore; the CLI says how to resume.
-        logging.getLogger("ray.tune").setLevel(logging.ERROR)
+        # Ray Tune's interrupt notice points at Tuner.restore and its trial-failure log is a
+        # traceback of Ray internals; the CLI says how to resume and the callback logs each
+        # failed trial with its reason (full traceback in the trial's error file, or with -v).
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return
     # Trial processes' own output (Ray's checkpoint chatter) reaches the terminal only with -v;

@@ -157,7 +157,12 @@ class ParquetCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self._sync(trials)
-        log.warning("trial %s errored: %s", trial.trial_id, _error_text(trial))
+        log.warning(
+            "trial %s errored: %s (details: %s)",
+            trial.trial_id,
+            _error_text(trial),
+            trial.error_file,
+        )
 
     def on_trial_recover(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any

@@ -1,0 +1,264 @@
+"""Failure modes: malformed specs (fuzzed), concurrent and repeated runs, diverging and failing
+trials, storage faults. Process-level modes use real processes and signals."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from cifartune.cli import main
+from cifartune.results import read_parquet_dir, read_study, write_table
+
+from .studies import TINY_BASE, write_spec
+
+VALID = {
+    "name": "fuzz",
+    "base": {
+        "epochs": 4,
+        "batch_size": 64,
+        "data": {"train_subset": 100, "normalize": "standardize"},
+        "optim": {"name": "momentum", "lr": 0.05},
+    },
+    "space": {
+        "optim.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
+        "batch_size": [32, 64],
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    },
+    "search": {"algorithm": "optuna", "samples": 4, "seed": 0},
+    "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpus": 1, "gpus": 0},
+    "checkpoint": {"every": 1, "keep": 2},
+    "retries": 1,
+}
+BAD_VALUES = [-1, 0, -0.5, 1e9, "", "nonsense", [], {}, None, True, [1, "x"], {"type": "float"}]
+
+
+def _paths(tree, prefix=()):
+    for key, value in tree.items():
+        yield (*prefix, key)
+        if isinstance(value, dict):
+            yield from _paths(value, (*prefix, key))
+
+
+def _mutate(rng):
+    spec = yaml.safe_load(yaml.safe_dump(VALID))
+    path = rng.choice(list(_paths(spec)))
+    parent = spec
+    for key in path[:-1]:
+        parent = parent[key]
+    kind = rng.choice(["delete", "swap", "value", "rename"])
+    if kind == "delete" and path[-1] == "name" and len(path) == 1:
+        kind = "value"
+    if kind == "delete":
+        del parent[path[-1]]
+    elif kind == "rename":
+        parent[path[-1] + "x"] = parent.pop(path[-1])
+    elif kind == "swap":
+        current = parent[path[-1]]
+        parent[path[-1]] = [current] if not isinstance(current, list) else {"v": current}
+    else:
+        parent[path[-1]] = rng.choice(BAD_VALUES)
+    return spec, f"{kind} {'.'.join(map(str, path))}"
+
+
+def test_fuzzed_specs_are_rejected_cleanly(tmp_path, capsys):
+    assert main(["validate", str(_write(tmp_path / "ok.yaml", VALID))]) == 0
+    rng = random.Random(20261126)
+    rejected = 0
+    for i in range(300):
+        spec, change = _mutate(rng)
+        path = _write(tmp_path / f"s{i}.yaml", spec)
+        capsys.readouterr()
+        code = main(["validate", str(path)])
+        err = capsys.readouterr().err
+        if code == 0:
+            continue  # some mutations stay valid (deleting an optional key, a harmless value)
+        rejected += 1
+        assert code == 2, (change, err)
+        assert "Traceback" not in err, change
+        assert err.startswith("cifartune validate: error: "), (change, err)
+        assert any(part in err for part in ("=", ":", "space", "base", "search", "scheduler")), (
+            change,
+            err,
+        )
+    assert rejected > 150
+
+
+def _write(path, tree):
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_leftover_temporary_files_are_skipped_by_readers(tmp_path):
+    write_table(pd.DataFrame({"epoch": [1, 2]}), tmp_path / "t1.parquet")
+    (tmp_path / ".t2.parquet.x.tmp").write_bytes(b"PAR1 half a file")
+    (tmp_path / ".t3.parquet").write_bytes(b"PAR1 half a file")
+    assert read_parquet_dir(tmp_path)["epoch"].tolist() == [1, 2]
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "t.parquet"
+    write_table(pd.DataFrame({"epoch": [1]}), target)
+    bad = pd.DataFrame({"epoch": [object()]})  # pyarrow cannot convert it: the write fails midway
+    with pytest.raises(Exception):
+        write_table(bad, target)
+    assert pd.read_parquet(target)["epoch"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def _mount_tmpfs(directory, size):
+    directory.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.slow
+def test_full_disk_stops_with_a_message_and_readable_files(tmp_path):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "6m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out = disk / "run"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cifartune",
+                "train",
+                "--set",
+                "epochs=20",
+                "--set",
+                "data.train_subset=100",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr and "No space left on device" in result.stderr
+        epochs = pd.read_parquet(out / "metrics.parquet")["epoch"].tolist()
+        assert epochs == list(range(1, len(epochs) + 1))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_same_study_twice_at_once_is_refused_and_a_finished_one_is_not_rerun(tmp_path):
+    spec = write_spec(tmp_path, base={**TINY_BASE, "epochs": 3}, space={"optim.lr": [0.05, 0.01]})
+    cmd = [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    first = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.time() + 120
+    while not (tmp_path / "r" / "tiny" / "study.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert second.returncode == 2
+    assert "in use by another cifartune run" in second.stderr
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    rows = len(read_study(tmp_path / "r" / "tiny").epochs)
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and "already holds this study" in again.stderr
+    resumed = subprocess.run(
+        [*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert resumed.returncode == 2 and "already completed" in resumed.stderr
+    assert len(read_study(tmp_path / "r" / "tiny").epochs) == rows == 6
+    # Another spec under the same name and storage is refused, not mixed in.
+    other = write_spec(tmp_path, base={**TINY_BASE, "epochs": 2})
+    mixed = subprocess.run(
+        [sys.executable, "-m", "cifartune", "run", str(other), "--storage", str(tmp_path / "r")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert mixed.returncode == 2 and "made from another spec" in mixed.stderr
+
+
+@pytest.mark.slow
+def test_diverging_and_failing_trials_do_not_stop_the_study(tmp_path):
+    # lr 50 diverges; the other trials are ranked by ASHA as usual; checkpoints stay bounded.
+    spec = write_spec(
+        tmp_path,
+        base={**TINY_BASE, "epochs": 4, "batch_size": 25},
+        space={"optim.lr": [50.0, 0.05, 0.01]},
+        search={"algorithm": "random"},
+        scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2},
+        checkpoint={"every": 1, "keep": 1},
+        retries=0,
+    )
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "SystemExit" not in result.stderr
+    study = read_study(tmp_path / "r" / "tiny")
+    trials = study.trials.set_index("config/optim.lr")
+    assert trials.loc[50.0, "stop_reason"] == "diverged"
+    assert trials.loc[50.0, "epochs_run"] >= 1
+    assert study.meta["state"] == "completed"
+    assert (trials["stop_reason"] != "diverged").sum() == 2
+    for trial_dir in (tmp_path / "r" / "tiny" / "ray").glob("train_trial_*"):
+        assert len(list(trial_dir.glob("checkpoint_*"))) <= 2  # keep 1 best + the latest
+
+
+@pytest.mark.slow
+def test_worker_killed_beyond_its_retries_is_recorded_as_errored(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        base={**TINY_BASE, "epochs": 8, "data": {"train_subset": 400, "val_size": 100}},
+        space={"optim.lr": [0.05, 0.01]},
+        retries=0,
+        resources={"cpus": 1, "max_concurrent": 1},
+    )
+    results = tmp_path / "r" / "tiny"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.time() + 240
+    victim = None
+    while victim is None and time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            epochs = read_study(results).epochs
+        except Exception:
+            continue
+        if len(epochs) >= 2:
+            victim = int(epochs["pid"].iloc[-1])
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = driver.communicate(timeout=300)
+    assert "Traceback" not in stderr
+    study = read_study(results)
+    states = study.trials["stop_reason"].value_counts().to_dict()
+    assert states == {"error": 1, "completed": 1}, states
+    errored = study.trials[study.trials["stop_reason"] == "error"].iloc[0]
+    assert errored["error"] and errored["epochs_run"] >= 2  # reason kept, epochs kept
+    assert driver.returncode == 0  # the study finished: errored trials are results, not a crash
