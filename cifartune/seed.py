@@ -55,6 +55,9 @@ class Evidence:
             None,
         )
         self.any = next((s for s in studies if not s.epochs.empty), None)
+        self.search = next(
+            (s for s in studies if (s.spec.get("search") or {}).get("algorithm") == "optuna"), None
+        )
 
     def variant(self, name: str) -> dict[str, pd.Series] | None:
         study = self.ablation
@@ -324,6 +327,51 @@ def _best_of_all(e: Evidence, v: dict) -> tuple[bool, str]:
     return winner == "batchnorm", f"best variant: {winner} ({means[winner]:.1f}%)"
 
 
+def _fidelity_of(study: StudyData) -> tuple[object, object]:
+    base = study.spec.get("base", {}) or {}
+    return (base.get("data", {}) or {}).get("train_subset"), base.get("epochs")
+
+
+def _search_beats_seed(e: Evidence) -> Verdict | None:
+    """The search's best configuration, scored on test, against the seed's best recipe
+    (the ablation's last variant) at the same data fidelity."""
+    if e.search is None or e.search.test.empty:
+        return None
+    best = e.search.test[e.search.test["rank"] == 1]
+    trial = e.search.trials.set_index("trial_id").loc[best["trial_id"].iloc[0]]
+    keys = [k for k in trial.index if k.startswith(CONFIG_PREFIX)]
+    recipe = {
+        k.removeprefix(CONFIG_PREFIX): trial[k]
+        for k in keys
+        if k.removeprefix(CONFIG_PREFIX) in (e.search.spec.get("space") or {})
+    }
+    ours = f"test top-1 {_ci(best['test/top1'])}% with " + ", ".join(
+        f"{k}={v}" for k, v in recipe.items()
+    )
+    seed_best = e.variant("batchnorm")
+    if seed_best is None or not len(seed_best["test"]):
+        return Verdict(ours, None, "no scored seed recipe (ablation batchnorm variant) to compare")
+    same = e.ablation is not None and _fidelity_of(e.ablation) == _fidelity_of(e.search)
+    a, b = _mean(best["test/top1"]), _mean(seed_best["test"])
+    return Verdict(
+        ours,
+        a > b and same,
+        f"{a:.1f}% vs {b:.1f}% for the seed's best recipe"
+        + ("" if same else " (at a different fidelity: not comparable)"),
+    )
+
+
+FINDINGS.append(
+    (
+        "search",
+        "Optuna TPE + ASHA over the same network",
+        "goal: beat the seed's best (>= 85% test top-1 at full fidelity; at CPU fidelity, beat the "
+        "seed's best recipe run at the same fidelity)",
+        _search_beats_seed,
+    )
+)
+
+
 def seed_table(studies: Sequence[StudyData]) -> pd.DataFrame:
     evidence = Evidence(studies)
     rows = []
@@ -378,7 +426,7 @@ def seed_section(studies: Sequence[StudyData]):  # type: ignore[no-untyped-def]
 
     evidence = Evidence(studies)
     if evidence.ablation is None and evidence.grid is None:
-        return None
+        return None  # not a seed study: a search alone has nothing to compare with
     section = Section("Seed reproduction")
     section.paragraphs.append(
         "The practical work's findings (50 epochs on the full training set unless said) against "

@@ -228,3 +228,42 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # A rendered page, not a blank one: plenty of non-white pixels.
     dark = sum(1 for p in image.getdata() if p < 200)
     assert dark > 20_000
+
+
+def test_seed_table_compares_the_search_with_the_seed_recipe_at_equal_fidelity(tmp_path):
+    curves = {
+        f"a_{v}{s}": ({"variant": v, "seed": s}, [30.0, 40.0 + s], "TERMINATED", False)
+        for v in ("baseline", "standardize", "batchnorm")
+        for s in (0, 1)
+    }
+    ablation = fabricate_study(
+        tmp_path / "a",
+        {**ABLATION_SPEC, "base": {"epochs": 2}},
+        curves,
+        test_scores={"a_batchnorm0": 41.0, "a_batchnorm1": 43.0},
+    )
+    search_spec = {
+        **OPTUNA_SPEC,
+        "base": {"epochs": 2},
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+    }
+    search = fabricate_study(
+        tmp_path / "s",
+        search_spec,
+        {
+            f"o_{i}": (
+                {"optim.lr": 0.01 * (i + 1), "model.dropout": 0.1, "optim.name": "sgd"},
+                [30.0, 45.0 + i],
+                "TERMINATED",
+                False,
+            )
+            for i in range(4)
+        },
+        test_scores={"o_3": 47.5},
+    )
+    build_report([ablation, search], tmp_path / "out")
+    text = (tmp_path / "out" / "report.html").read_text()
+    seed = re.search(r"Seed findings.*?</table>", text, re.S).group(0)
+    row = re.search(r"<td>search</td>.*?</tr>", seed, re.S).group(0)
+    assert "<span class='ok'>yes</span>" in row
+    assert "47.5% vs 42.0% for the seed&#x27;s best recipe" in row
