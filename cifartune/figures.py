@@ -302,8 +302,6 @@ def fig_overfitting(study: StudyData) -> Figure | None:
     table = overfitting_table(study)
     if table.empty:
         return None
-    labels = trial_labels(study)
-    table = table.assign(label=table["trial_id"].map(labels))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     sns.scatterplot(
         data=table,
