@@ -145,20 +145,25 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     )
 
 
+RESUME_FIELDS = dict(
+    base={**TINY_BASE, "epochs": 5, "data": {"train_subset": 300, "val_size": 100}},
+    space={"optim.lr": [0.05, 0.01]},
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The study the interrupted runs must end up equal to, run once for both signals."""
+    root = tmp_path_factory.mktemp("reference")
+    spec = write_spec(root, name="ref", **RESUME_FIELDS)
+    result = run_cli(["run", str(spec), "--storage", str(root / "r")], cwd=root)
+    assert result.returncode == 0, result.stderr
+    return read_study(root / "r" / "ref").epochs
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_driver_resumes_to_the_uninterrupted_result(tmp_path, sig):
-    fields = dict(
-        base={**TINY_BASE, "epochs": 5, "data": {"train_subset": 300, "val_size": 100}},
-        space={"optim.lr": [0.05, 0.01]},
-    )
-    reference_spec = write_spec(tmp_path, name="ref", **fields)
-    assert (
-        run_cli(
-            ["run", str(reference_spec), "--storage", str(tmp_path / "r")], cwd=tmp_path
-        ).returncode
-        == 0
-    )
-    spec = write_spec(tmp_path, name="cut", **fields)
+def test_interrupted_driver_resumes_to_the_uninterrupted_result(tmp_path, sig, uninterrupted):
+    spec = write_spec(tmp_path, name="cut", **RESUME_FIELDS)
     results = tmp_path / "r" / "cut"
     cmd = [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")]
     driver = subprocess.Popen(
@@ -176,7 +181,7 @@ def test_interrupted_driver_resumes_to_the_uninterrupted_result(tmp_path, sig):
         ["run", str(spec), "--storage", str(tmp_path / "r"), "--resume"], cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr
-    got, want = read_study(results).epochs, read_study(tmp_path / "r" / "ref").epochs
+    got, want = read_study(results).epochs, uninterrupted
     key = ["config/optim.lr", "epoch"]
     got = got.sort_values(key, ignore_index=True)
     want = want.sort_values(key, ignore_index=True)
