@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .results import CONFIG_PREFIX, StudyData
 
@@ -102,6 +103,8 @@ def fig_best_curves(study: StudyData, n: int = 3) -> Figure | None:
             row[1].plot(curve["epoch"], curve[f"{split}/loss"], SPLIT_STYLE[split], label=split)
         _mark_stop(row[0], curve, "val/top1", trial.stop_reason)
         _mark_stop(row[1], curve, "val/loss", trial.stop_reason)
+        for ax in row:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         row[0].set(ylabel="top-1 accuracy (%)", xlabel="epoch")
         row[1].set(ylabel="loss (cross-entropy)", xlabel="epoch")
         row[0].set_title(_wrap(labels[trial.trial_id]), fontsize=10, loc="left")
@@ -154,6 +157,12 @@ def fig_variant_curves(study: StudyData, metric: str) -> Figure | None:
     )
     grid.set_axis_labels("epoch", "top-1 accuracy (%)" if metric == "top1" else "loss")
     grid.set_titles("{col_name}")
+    # Above the panels: at the right, the legend sits on the last row's tick labels.
+    sns.move_legend(
+        grid, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, title=None, frameon=False
+    )
+    for ax in grid.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     diverged = study.trials[study.trials["stop_reason"] == "diverged"]
     for variant, ax in grid.axes_dict.items():
         count = int((diverged["variant"] == variant).sum())
