@@ -233,7 +233,12 @@ def fig_factors(study: StudyData) -> Figure | None:
             if short(key) in LOG_KEYS:
                 ax.set_xscale("log")
         else:
-            order = sorted(values.astype(str).unique(), key=_natural)
+            present = set(values.astype(str))
+            order = (
+                [v for v in study.spec.get("variants", {}) if v in present]
+                if key == "variant"
+                else sorted(present, key=_natural)
+            )
             data = scored.assign(**{key: values.astype(str)})
             sns.stripplot(
                 data=data,
