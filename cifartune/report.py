@@ -8,6 +8,7 @@ import datetime as dt
 import html
 import io
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -492,8 +493,8 @@ def render_markdown(report: Report) -> str:
             continue
         lines += [f"## {section.title}", ""]
         for caption, table in section.tables:
-            clean = table.replace(
-                {"<span class='ok'>": "", "<span class='no'>": "", "</span>": ""}, regex=True
+            clean = table.map(
+                lambda v: html.unescape(re.sub(r"<[^>]+>", "", v)) if isinstance(v, str) else v
             )
             lines += [f"**{caption}**", "", clean.to_markdown(index=False), ""]
         lines += [f"![{caption}](figures/{stem}.png)" for stem, caption in section.figures]

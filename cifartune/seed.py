@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .figures import overfitting_table
+from .figures import _fmt, overfitting_table
 from .results import CONFIG_PREFIX, StudyData
 
 LR, BS = CONFIG_PREFIX + "optim.lr", CONFIG_PREFIX + "batch_size"
@@ -345,7 +345,7 @@ def _search_beats_seed(e: Evidence) -> Verdict | None:
         if k.removeprefix(CONFIG_PREFIX) in (e.search.spec.get("space") or {})
     }
     ours = f"test top-1 {_ci(best['test/top1'])}% with " + ", ".join(
-        f"{k}={v}" for k, v in recipe.items()
+        f"{k}={_fmt(v)}" for k, v in recipe.items()
     )
     seed_best = e.variant("batchnorm")
     if seed_best is None or not len(seed_best["test"]):
