@@ -144,7 +144,10 @@ def _batch_size(e: Evidence) -> Verdict | None:
         rows.append((bs, _mean(curve["time/epoch_s"]), _mean(noise)))
     small, large = rows[0], rows[-1]
     ok = small[1] > 1.5 * large[1] and small[2] > large[2]
-    text = "; ".join(f"bs {b}: {t:.1f} s/epoch, mean epoch-to-epoch change of val top-1 {n:.1f}" for b, t, n in rows)
+    text = "; ".join(
+        f"bs {b}: {t:.1f} s/epoch, mean epoch-to-epoch change of val top-1 {n:.1f}"
+        for b, t, n in rows
+    )
     return Verdict(
         f"lr {lr:g}: {text}",
         ok,
