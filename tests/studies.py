@@ -28,6 +28,27 @@ def epochs_of(results: Path) -> pd.DataFrame:
     return read_study(results).epochs
 
 
+def wait_for(predicate: Any, timeout: float = 240) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+def epochs_so_far(results: Path) -> pd.DataFrame:
+    """The epochs a running study has written, or an empty frame before it has any."""
+    from cifartune.results import read_study
+
+    try:
+        return read_study(results).epochs
+    except Exception:
+        return pd.DataFrame()
+
+
 DETERMINISTIC = ["epoch", "train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "lr"]
 
 

@@ -16,7 +16,7 @@ import yaml
 from cifartune.cli import main
 from cifartune.results import read_parquet_dir, read_study, write_table
 
-from .studies import TINY_BASE, write_spec
+from .studies import TINY_BASE, epochs_so_far, wait_for, write_spec
 
 VALID = {
     "name": "fuzz",
@@ -243,17 +243,8 @@ def test_worker_killed_beyond_its_retries_is_recorded_as_errored(tmp_path):
         text=True,
         env=env,
     )
-    deadline = time.time() + 240
-    victim = None
-    while victim is None and time.time() < deadline:
-        time.sleep(0.3)
-        try:
-            epochs = read_study(results).epochs
-        except Exception:
-            continue
-        if len(epochs) >= 2:
-            victim = int(epochs["pid"].iloc[-1])
-    assert victim is not None
+    wait_for(lambda: len(epochs_so_far(results)) >= 2)
+    victim = int(epochs_so_far(results)["pid"].iloc[-1])
     os.kill(victim, signal.SIGKILL)
     _, stderr = driver.communicate(timeout=300)
     assert "Traceback" not in stderr

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from cifartune.results import read_study
 
 from .helpers import run_cli
-from .studies import DETERMINISTIC, TINY_BASE, write_spec
+from .studies import DETERMINISTIC, TINY_BASE, epochs_so_far, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -100,22 +99,6 @@ def test_dry_run_explains_lists_under_optuna(tmp_path):
     assert "ASHA: rungs at epochs [1]" in result.stdout
 
 
-def _wait_for(predicate, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError("timed out waiting")
-
-
-def _rows(results):
-    try:
-        return read_study(results).epochs
-    except Exception:
-        return pd.DataFrame()
-
-
 def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     spec = write_spec(
         tmp_path,
@@ -130,8 +113,8 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for(lambda: len(_rows(results)) >= 3)
-    victim = int(_rows(results)["pid"].iloc[-1])
+    wait_for(lambda: len(epochs_so_far(results)) >= 3)
+    victim = int(epochs_so_far(results)["pid"].iloc[-1])
     os.kill(victim, signal.SIGKILL)
     _, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 0, stderr
@@ -169,7 +152,7 @@ def test_interrupted_driver_resumes_to_the_uninterrupted_result(tmp_path, sig, u
     driver = subprocess.Popen(
         cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    _wait_for(lambda: len(_rows(results)) >= 3)
+    wait_for(lambda: len(epochs_so_far(results)) >= 3)
     driver.send_signal(sig)
     _, stderr = driver.communicate(timeout=120)
     if sig == signal.SIGINT:
