@@ -44,6 +44,13 @@ SEED_KEY = "seed"
 STUDY_WIDE_KEYS = ("data.source", "data.dir", "data.download", "device")
 
 
+def _check_range(low: float, high: float, log: bool) -> None:
+    if not low < high:
+        raise ValueError(f"low ({low}) must be < high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"log: true needs low > 0 (got {low})")
+
+
 class FloatDistribution(Section):
     type: Literal["float"]
     low: float
@@ -52,10 +59,7 @@ class FloatDistribution(Section):
 
     @model_validator(mode="after")
     def _check(self) -> FloatDistribution:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        _check_range(self.low, self.high, self.log)
         return self
 
 
@@ -67,10 +71,7 @@ class IntDistribution(Section):
 
     @model_validator(mode="after")
     def _check(self) -> IntDistribution:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        _check_range(self.low, self.high, self.log)
         return self
 
 

@@ -30,7 +30,7 @@ from .results import (
     atomic_write_text,
     write_table,
 )
-from .spec import StudySpec, spec_hash, trial_config
+from .spec import StudySpec, spec_hash, trial_config, trial_count
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def _run_locked(
         else pd.DataFrame()
     )
     finished = not trials.empty and trials["state"].isin(["TERMINATED", "ERROR"]).all()
-    finished = finished and len(trials) >= _expected_trials(spec)
+    finished = finished and len(trials) >= trial_count(spec)
     test = pd.DataFrame()
     if finished:
         test = score_best_on_test(spec, arrays, trials, grid)
@@ -279,12 +279,6 @@ def _run_locked(
     meta.update(state="completed" if finished else "interrupted", finished=_now())
     metadata.write(meta)
     return StudyOutcome(directory, meta["state"], trials, test)
-
-
-def _expected_trials(spec: StudySpec) -> int:
-    from .spec import trial_count
-
-    return trial_count(spec)
 
 
 def score_best_on_test(

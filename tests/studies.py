@@ -28,6 +28,22 @@ def epochs_of(results: Path) -> pd.DataFrame:
     return read_study(results).epochs
 
 
+def start_study(spec: Path, cwd: Path) -> Any:
+    """`cifartune run SPEC --storage CWD/r` as a real background process (for signals/kills)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(cwd / "r")],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+
+
 def wait_for(predicate: Any, timeout: float = 240) -> None:
     import time
 

@@ -6,7 +6,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +15,7 @@ import yaml
 from cifartune.cli import main
 from cifartune.results import read_parquet_dir, read_study, write_table
 
-from .studies import TINY_BASE, epochs_so_far, wait_for, write_spec
+from .studies import TINY_BASE, epochs_so_far, start_study, wait_for, write_spec
 
 VALID = {
     "name": "fuzz",
@@ -160,12 +159,8 @@ def test_same_study_twice_at_once_is_refused_and_a_finished_one_is_not_rerun(tmp
     spec = write_spec(tmp_path, base={**TINY_BASE, "epochs": 3}, space={"optim.lr": [0.05, 0.01]})
     cmd = [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    first = subprocess.Popen(
-        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    deadline = time.time() + 120
-    while not (tmp_path / "r" / "tiny" / "study.json").exists() and time.time() < deadline:
-        time.sleep(0.2)
+    first = start_study(spec, tmp_path)
+    wait_for((tmp_path / "r" / "tiny" / "study.json").exists, timeout=120)
     second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert second.returncode == 2
     assert "in use by another cifartune run" in second.stderr
@@ -234,15 +229,7 @@ def test_worker_killed_beyond_its_retries_is_recorded_as_errored(tmp_path):
         resources={"cpus": 1, "max_concurrent": 1},
     )
     results = tmp_path / "r" / "tiny"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    driver = start_study(spec, tmp_path)
     wait_for(lambda: len(epochs_so_far(results)) >= 2)
     victim = int(epochs_so_far(results)["pid"].iloc[-1])
     os.kill(victim, signal.SIGKILL)

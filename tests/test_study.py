@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from cifartune.results import read_study
 
 from .helpers import run_cli
-from .studies import DETERMINISTIC, TINY_BASE, epochs_so_far, wait_for, write_spec
+from .studies import DETERMINISTIC, TINY_BASE, epochs_so_far, start_study, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -106,13 +104,7 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
         retries=2,
     )
     results = tmp_path / "r" / "tiny"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = start_study(spec, tmp_path)
     wait_for(lambda: len(epochs_so_far(results)) >= 3)
     victim = int(epochs_so_far(results)["pid"].iloc[-1])
     os.kill(victim, signal.SIGKILL)
@@ -148,10 +140,7 @@ def uninterrupted(tmp_path_factory):
 def test_interrupted_driver_resumes_to_the_uninterrupted_result(tmp_path, sig, uninterrupted):
     spec = write_spec(tmp_path, name="cut", **RESUME_FIELDS)
     results = tmp_path / "r" / "cut"
-    cmd = [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")]
-    driver = subprocess.Popen(
-        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    driver = start_study(spec, tmp_path)
     wait_for(lambda: len(epochs_so_far(results)) >= 3)
     driver.send_signal(sig)
     _, stderr = driver.communicate(timeout=120)
