@@ -2,17 +2,26 @@
 
 ``fit`` calls ``report(metrics, state)`` once per epoch with flat, stable metric names and a
 thunk that builds a full checkpoint (model, optimizer, scheduler, RNG states, history), so a run
-resumed from that checkpoint reproduces the uninterrupted run's metrics on the same device.
-Accuracies are percentages; losses are mean cross-entropy in nats.
+resumed from that checkpoint reproduces the uninterrupted run's metrics on the same device type.
+A checkpoint loads on any device (CUDA -> CPU, one GPU -> another); across device types the
+augmentation and dropout generators are reseeded from (seed, epoch), because a CUDA generator's
+Philox state has no CPU equivalent: the resumed run is then reproducible but not identical to
+the uninterrupted one. Accuracies are percentages; losses are mean cross-entropy in nats.
+
+On CUDA, exact reproducibility rests on cuDNN's deterministic convolution algorithms (set by
+:func:`build_run`; autotuning is off) and on cuBLAS, fused optimizers and the batched transforms
+being deterministic on one stream. ``torch.use_deterministic_algorithms`` is not switched on: it
+would also demand a cuBLAS workspace setting before CUDA starts, which a library cannot promise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, OptimConfig, ScheduleConfig, TrialConfig
+from .config import ConfigError, TrialConfig
 from .data import CifarArrays, DeviceData, to_device
 from .model import build_model
+from .optim import build_optimizer, build_scheduler
 from .transforms import (
     Normalizer,
     Transform,
@@ -31,6 +41,8 @@ from .transforms import (
     fit_normalizer,
     to_float,
 )
+
+log = logging.getLogger(__name__)
 
 Metrics = dict[str, Any]
 StateThunk = Callable[[], dict[str, Any]]
@@ -50,7 +62,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda requested but no CUDA device is visible; use --device cpu")
+        raise ConfigError(
+            f"device = {name!r}: no CUDA device is visible to torch {torch.__version__} "
+            "(torch.cuda.is_available() is False); use device=cpu (--device cpu) or device=auto"
+        )
     return torch.device(name)
 
 
@@ -68,44 +83,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
-
-
-def build_optimizer(cfg: OptimConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-    momentum = cfg.resolved_momentum
-    wd = cfg.weight_decay
-    if cfg.name in ("sgd", "momentum", "nesterov"):
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=momentum, weight_decay=wd, nesterov=cfg.name == "nesterov"
-        )
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=momentum, weight_decay=wd)
-    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=wd)
-
-
-def build_scheduler(
-    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Epoch-stepped schedules, except one-cycle which is stepped every batch."""
-    sched = torch.optim.lr_scheduler
-    if cfg.name == "exponential":
-        return sched.ExponentialLR(optimizer, gamma=cfg.gamma)
-    if cfg.name == "step":
-        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.name == "cosine":
-        base = optimizer.param_groups[0]["lr"]
-        return sched.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=base * cfg.min_lr_ratio)
-    if cfg.name == "onecycle":
-        return sched.OneCycleLR(
-            optimizer,
-            max_lr=optimizer.param_groups[0]["lr"],
-            total_steps=epochs * steps_per_epoch,
-            pct_start=cfg.pct_start,
-        )
-    return sched.LambdaLR(optimizer, lambda _: 1.0)
 
 
 @dataclass
@@ -140,7 +117,17 @@ class Run:
         return x
 
     def state_dict(self) -> dict[str, Any]:
-        """A deep copy: the caller may keep it while training goes on mutating the live tensors."""
+        """A deep copy: the caller may keep it while training goes on mutating the live tensors.
+
+        RNG states are CPU byte tensors tagged with the device type whose generators made them.
+        """
+        rng = {
+            "device_type": self.device.type,
+            "generator": self.generator.get_state(),
+            "cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
             "epoch": self.epoch,
             "history": list(self.history),
@@ -148,23 +135,49 @@ class Run:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng,
         }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state`, whichever device wrote it (see the module docstring)."""
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.model.load_state_dict(state["model"])
+        # The saved param groups carry the writer's kernel choice (fused on CUDA); keep ours.
+        kernels: list[dict[str, Any]] = [
+            {k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups
+        ]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, flags in zip(self.optimizer.param_groups, kernels, strict=True):
+            group.update(flags)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        rng = state["rng"]
+        torch.set_rng_state(rng["cpu"].cpu())
+        if rng["device_type"] == self.device.type:
+            self.generator.set_state(rng["generator"].cpu())
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+            return
+        seed = epoch_seed(self.config.seed, self.epoch)
+        log.warning(
+            "checkpoint of epoch %d was written on %s, resuming on %s: the augmentation and "
+            "dropout generators are reseeded from (seed %d, epoch %d), so the run is "
+            "reproducible but does not repeat the uninterrupted one exactly",
+            self.epoch,
+            rng["device_type"],
+            self.device.type,
+            self.config.seed,
+            self.epoch,
+        )
+        self.generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)  # dropout on CUDA draws from the default CUDA generator
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A generator seed for resuming `seed`'s run at `epoch` on another device type."""
+    return (seed * 1_000_003 + epoch) % 2**63
 
 
 def input_size(config: TrialConfig) -> int:
@@ -175,11 +188,16 @@ def input_size(config: TrialConfig) -> int:
 def build_run(config: TrialConfig, data: DeviceData) -> Run:
     """Seeded model, optimizer, schedule and transforms for `config` on `data`'s device."""
     torch.manual_seed(config.seed)
+    if data.device.type == "cuda":
+        # Deterministic cuDNN algorithms, chosen without timing them: a resumed run must repeat
+        # the uninterrupted one bit for bit. Process-wide, like every cuDNN setting.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     image_size = input_size(config)
     model = build_model(config.model, image_size=image_size).to(data.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config.optim, model.parameters())
+    optimizer = build_optimizer(config.optim, model.parameters(), data.device)
     steps = math.ceil(len(data.train_y) / config.batch_size)
     scheduler = build_scheduler(
         config.schedule, optimizer, epochs=config.epochs, steps_per_epoch=steps

@@ -6,6 +6,7 @@ Every augmentation is a pure function of a float batch (B, C, H, W) in [0, 1] an
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -66,7 +67,16 @@ def random_rotate(x: torch.Tensor, gen: torch.Generator, *, degrees: float) -> t
 
 
 # RGB <-> YIQ: hue is the angle of the (I, Q) chroma vector, so a hue shift is a 2-D rotation.
+# The first row (Y) holds the luma weights that contrast and saturation use.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+@functools.cache
+def _color_matrices(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGB->YIQ and its inverse on `device`, copied there once: a per-batch copy from host
+    memory (or a matrix inverse on the GPU) would make the host wait for the GPU every batch."""
+    return _RGB_TO_YIQ.to(device, dtype), _YIQ_TO_RGB.to(device, dtype)
 
 
 def random_color_jitter(
@@ -85,20 +95,20 @@ def random_color_jitter(
     def factor(amount: float) -> torch.Tensor:
         return _uniform(n, 1 - amount, 1 + amount, gen, dev)[:, None, None, None]
 
-    weights = torch.tensor([0.299, 0.587, 0.114], device=dev, dtype=x.dtype)[None, :, None, None]
+    to_yiq, to_rgb = _color_matrices(dev, x.dtype)
+    weights = to_yiq[0][None, :, None, None]
     x = x * factor(brightness)
     gray_mean = (x * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
     x = (x - gray_mean) * factor(contrast) + gray_mean
     gray = (x * weights).sum(1, keepdim=True)
     x = (x - gray) * factor(saturation) + gray
     if hue > 0:
-        to_yiq = _RGB_TO_YIQ.to(dev, x.dtype)
         yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
         turn = _uniform(n, -hue, hue, gen, dev) * (2 * math.pi)
         cos, sin = turn.cos()[:, None, None], turn.sin()[:, None, None]
         i, q = yiq[:, 1], yiq[:, 2]
         yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
-        x = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq)
+        x = torch.einsum("ij,bjhw->bihw", to_rgb, yiq)
     return x.clamp(0, 1)
 
 
