@@ -120,7 +120,13 @@ class OptimConfig(Section):
 
 
 class ScheduleConfig(Section):
-    """Learning-rate schedule, stepped per epoch (one-cycle: per batch)."""
+    """Learning-rate schedule, stepped per epoch (one-cycle: per batch).
+
+    ``onecycle`` rises from lr/25 to ``optim.lr`` over the first ``pct_start`` of the steps,
+    then anneals to lr/2.5e5. It does not cycle momentum: every optimizer keeps
+    ``optim.momentum`` (Adam's betas stay torch's defaults), so every optimizer, Adagrad
+    included, works with every schedule.
+    """
 
     name: ScheduleName = "constant"
     gamma: float = Field(0.95, gt=0, le=1, description="decay factor per epoch (step: per step)")
