@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import load_trial_config
-from .errors import CifartuneError
+from .errors import CifartuneError, ConfigError
 
 EXIT_USAGE = 2
 EXIT_STORAGE = 74  # EX_IOERR
@@ -102,12 +103,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .spec import load_spec, trial_count
+    from .data import describe_source
+    from .spec import load_spec, trial_config, trial_count
 
     spec = load_spec(args.spec, args.overrides)
+    data = describe_source(trial_config(spec, {}).data)
     print(
         f"{args.spec}: valid study '{spec.name}' ({trial_count(spec)} trials, "
-        f"{spec.search.algorithm} search, {spec.scheduler.name} scheduler)"
+        f"{spec.search.algorithm} search, {spec.scheduler.name} scheduler; data: {data})"
     )
     return 0
 
@@ -173,39 +176,85 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_plan(spec)
         return 0
+    return _run(spec, args, resume=args.resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .config import read_yaml
+    from .results import SPEC_FILE, read_study
+    from .spec import LOCATION_KEYS, build_spec
+
+    directory: Path = args.results.expanduser().resolve()
+    read_study(directory)  # a clear error for a path that is not a study
+    for override in args.overrides:
+        key = override.partition("=")[0].strip().removeprefix("base.")
+        if key not in LOCATION_KEYS:
+            raise ConfigError(
+                f"--set {override}: resume changes only where the data lives "
+                f"({', '.join('base.' + k for k in LOCATION_KEYS)}); to change what is trained, "
+                "run a new study"
+            )
+    spec = build_spec(read_yaml(directory / SPEC_FILE), args.overrides)
+    # The stored spec names the study; its parent is the storage, wherever it has moved to.
+    args.storage = directory.parent
+    if spec.name != directory.name:
+        raise ConfigError(f"{directory}: holds study {spec.name!r}; pass its own directory")
+    return _run(spec, args, resume=True)
+
+
+def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
     from .study import run_study, study_directory
 
     directory = study_directory(spec, args.storage)
     print(f"study {spec.name}: results in {directory}")
     logging.getLogger("cifartune").setLevel(logging.INFO)
-    outcome = run_study(
-        spec,
-        address=args.address,
-        resume=args.resume,
-        storage=args.storage,
-        verbose=args.verbose > 0,
-    )
-    _print_summary(outcome.directory)
-    if outcome.state != "completed":
-        print(
-            f"study interrupted; continue it with: cifartune run {args.spec} --resume"
-            + (f" --storage {args.storage}" if args.storage else ""),
-            file=sys.stderr,
+    # SIGTERM (Slurm, Kubernetes, `timeout`) stops the study like Ctrl-C: Ray Tune's SIGINT
+    # handler ends it cleanly and Ray's processes are shut down on the way out.
+    signal.signal(signal.SIGTERM, _as_interrupt)
+    try:
+        outcome = run_study(
+            spec,
+            address=args.address,
+            resume=resume,
+            storage=args.storage,
+            verbose=args.verbose > 0,
+            restart_errored=getattr(args, "restart_errored", False),
         )
+    except KeyboardInterrupt:
+        outcome = None
+    if outcome is not None and outcome.already_completed:
+        print("the study is already completed; nothing to do")
+    _print_summary(directory)
+    if outcome is None or outcome.state != "completed":
+        print(f"study interrupted; continue it with: cifartune resume {directory}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"results: {outcome.directory}  (report: cifartune report {outcome.directory})")
+    print(f"results: {directory}  (report: cifartune report {directory})")
     return 0
+
+
+def _as_interrupt(signum: int, frame: Any) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def _print_summary(directory: Path) -> None:
     from .results import read_study
+    from .study import describe_driver, driver_gone, lock_is_free
 
     study = read_study(directory)
     meta, trials = study.meta, study.trials
+    state = str(meta.get("state"))
+    if driver_gone(meta, lock_free=lock_is_free(directory)):
+        state = f"interrupted: its {describe_driver(meta)} is gone"
     print(
-        f"study {study.name} [{meta.get('state')}] started {meta.get('started')}"
+        f"study {study.name} [{state}] started {meta.get('started')}"
         + (f", finished {meta['finished']}" if meta.get("finished") else "")
     )
+    if state.startswith("interrupted"):
+        print(f"continue it with: cifartune resume {directory}")
     if trials.empty:
         print("no trial has reported yet")
         return
@@ -247,7 +296,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .reports import build_report
 
     report = build_report(args.results, args.out, args.title)
     print(
@@ -298,6 +347,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
     run.add_argument("--storage", type=Path, help="results root (default: the spec's storage)")
     run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser(
+        "resume", help="continue an interrupted study from its results directory"
+    )
+    resume.add_argument("results", type=Path, help="the study's results directory")
+    errored = resume.add_mutually_exclusive_group()
+    errored.add_argument(
+        "--skip-errored",
+        dest="restart_errored",
+        action="store_false",
+        help="keep trials that failed (after their retries) as errors (default)",
+    )
+    errored.add_argument(
+        "--restart-errored",
+        dest="restart_errored",
+        action="store_true",
+        help="run trials that failed again, from scratch",
+    )
+    resume.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only where the data lives: --set base.data.dir=PATH",
+    )
+    resume.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    resume.set_defaults(func=cmd_resume, restart_errored=False)
 
     status = sub.add_parser("status", help="summarize a running or finished study")
     status.add_argument("results", type=Path, help="the study's results directory")

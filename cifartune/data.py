@@ -4,11 +4,14 @@ the seeded validation split and stratified subsets, and the device-resident tens
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -18,6 +21,7 @@ from .errors import DataError
 
 log = logging.getLogger(__name__)
 
+DATA_ENV = "CIFARTUNE_DATA"
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 CLASSES = (
@@ -63,27 +67,62 @@ def _check_arrays(images: object, labels: object, where: str) -> tuple[np.ndarra
 def _read_npz(path: Path, names: tuple[str, ...] = ("images", "labels")) -> tuple[np.ndarray, ...]:
     if not path.is_file():
         raise DataError(f"{path}: file missing; a CIFAR-10 mirror directory holds {MIRROR_LAYOUT}")
+    return _parse_npz(path, str(path), names)
+
+
+def _parse_npz(
+    source: Path | io.BytesIO, where: str, names: tuple[str, ...] = ("images", "labels")
+) -> tuple[np.ndarray, ...]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(source, allow_pickle=False) as archive:
             missing = [n for n in names if n not in archive.files]
             if missing:
                 raise DataError(
-                    f"{path}: arrays {missing} missing (has {archive.files}); expected {names}"
+                    f"{where}: arrays {missing} missing (has {archive.files}); expected {names}"
                 )
             return tuple(archive[n] for n in names)
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         raise DataError(
-            f"{path}: unreadable or truncated npz ({exc}); expected {MIRROR_LAYOUT}"
+            f"{where}: unreadable or truncated npz ({exc}); expected {MIRROR_LAYOUT}"
         ) from None
 
 
-def load_mirror(directory: Path) -> CifarArrays:
-    """The offline mirror layout: ``train.npz`` and ``test.npz`` with images/labels arrays."""
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def _object_store(uri: str) -> tuple[Any, str]:
+    """The pyarrow filesystem and path of `uri` (S3-compatible endpoints via AWS_ENDPOINT_URL)."""
+    from pyarrow import fs
+
+    try:
+        return fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"data.dir = {uri!r}: cannot open this URI: {exc}") from None
+
+
+def load_mirror(location: str | Path) -> CifarArrays:
+    """The offline mirror layout: ``train.npz`` and ``test.npz`` with images/labels arrays, in a
+    directory or under an object-store URI (one copy for a whole cluster)."""
+    text = str(location)
+    parts = {}
+    if is_uri(text):
+        filesystem, root = _object_store(text)
+        for split in ("train", "test"):
+            where = f"{text.rstrip('/')}/{split}.npz"
+            try:
+                with filesystem.open_input_file(f"{root.rstrip('/')}/{split}.npz") as handle:
+                    payload = io.BytesIO(handle.read())
+            except (OSError, FileNotFoundError) as exc:
+                raise DataError(f"{where}: cannot read ({exc}); expected {MIRROR_LAYOUT}") from None
+            images, labels = _parse_npz(payload, where)
+            parts[split] = _check_arrays(images, labels, where)
+        return CifarArrays(*parts["train"], *parts["test"], origin=f"mirror {text}")
+    directory = Path(text).expanduser()
     if not directory.is_dir():
         raise DataError(f"{directory}: not a directory; expected one holding {MIRROR_LAYOUT}")
-    parts = {}
     for split in ("train", "test"):
         path = directory / f"{split}.npz"
         images, labels = _read_npz(path)
@@ -102,7 +141,8 @@ def load_bundled() -> CifarArrays:
 
 
 def load_torchvision(root: Path, download: bool) -> CifarArrays:
-    """A torchvision CIFAR-10 root; concurrent trials share one download through a file lock."""
+    """A torchvision CIFAR-10 root. torchvision checks the archive's MD5 and skips a download it
+    already has; the file lock makes concurrent processes (trials, nodes) download it once."""
     from filelock import FileLock
     from torchvision import datasets
 
@@ -125,23 +165,88 @@ def load_torchvision(root: Path, download: bool) -> CifarArrays:
     return CifarArrays(*parts[True], *parts[False], origin=f"torchvision {root}")
 
 
+def default_location() -> str:
+    """Where CIFAR-10 lives when ``data.dir`` is unset: $CIFARTUNE_DATA, else a per-user cache."""
+    if os.environ.get(DATA_ENV):
+        return os.environ[DATA_ENV]
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "cifartune" / "cifar10")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    kind: Literal["bundled", "mirror", "torchvision"]
+    location: str
+    download: bool
+
+    def describe(self) -> str:
+        if self.kind == "bundled":
+            return "the bundled slice"
+        verb = "downloaded into" if self.kind == "torchvision" and self.download else "read from"
+        return f"CIFAR-10 {verb} {self.location} ({self.kind})"
+
+
+def _has_mirror(location: str) -> bool:
+    if is_uri(location):
+        from pyarrow import fs
+
+        filesystem, root = _object_store(location)
+        try:
+            info = filesystem.get_file_info(f"{root.rstrip('/')}/train.npz")
+        except OSError as exc:
+            raise DataError(f"data.dir = {location!r}: cannot reach it: {exc}") from None
+        return bool(info.type == fs.FileType.File)
+    return (Path(location).expanduser() / "train.npz").is_file()
+
+
+def resolve_source(cfg: DataConfig) -> DataSource:
+    """What `cfg` reads: the bundled slice, a mirror, or a torchvision root (see DataConfig)."""
+    if cfg.source == "bundled":
+        return DataSource("bundled", str(bundled_path()), False)
+    location = cfg.dir or default_location()
+    kind: Literal["mirror", "torchvision"]
+    if cfg.source == "auto":
+        kind = "mirror" if _has_mirror(location) else "torchvision"
+    else:
+        kind = cfg.source
+    return DataSource(kind, location, cfg.download)
+
+
+def describe_source(cfg: DataConfig) -> str:
+    """Check, without reading the images, that the data `cfg` names can be read or downloaded;
+    raise DataError naming the field, the location and the fix. Returns what will be loaded."""
+    source = resolve_source(cfg)
+    where = (
+        f"data.dir = {cfg.dir!r}"
+        if cfg.dir
+        else f"data.dir is unset, so the data location is {source.location} ({DATA_ENV} "
+        f"{'= ' + repr(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else 'is not set'})"
+    )
+    fix = (
+        f"point data.dir or {DATA_ENV} at a CIFAR-10 copy ({MIRROR_LAYOUT}, or torchvision's "
+        "cifar-10-batches-py), or allow data.download=true"
+    )
+    if source.kind == "mirror":
+        if not _has_mirror(source.location):
+            raise DataError(f"{where}: no train.npz there; {fix}")
+        return source.describe()
+    if source.kind == "torchvision":
+        if is_uri(source.location):
+            raise DataError(f"{where}: an object-store location must hold a mirror; {fix}")
+        batches = Path(source.location).expanduser() / "cifar-10-batches-py"
+        if not batches.is_dir() and not source.download:
+            raise DataError(f"{where}: holds no CIFAR-10 and data.download is false; {fix}")
+    return source.describe()
+
+
 def load_arrays(cfg: DataConfig) -> CifarArrays:
     """Load the images `cfg` points to, as checked uint8 arrays."""
-    source = cfg.source
-    if source == "auto":
-        if cfg.dir is None:
-            source = "bundled"
-        elif (cfg.dir / "train.npz").exists():
-            source = "mirror"
-        else:
-            source = "torchvision"
-    if source == "bundled":
+    source = resolve_source(cfg)
+    if source.kind == "bundled":
         return load_bundled()
-    assert cfg.dir is not None  # DataConfig enforces it for these sources
-    directory = cfg.dir.expanduser()
-    if source == "mirror":
-        return load_mirror(directory)
-    return load_torchvision(directory, cfg.download)
+    if source.kind == "mirror":
+        return load_mirror(source.location)
+    return load_torchvision(Path(source.location).expanduser(), source.download)
 
 
 def stratified_take(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,33 +7,18 @@ so an interrupted run keeps its epochs and ``--resume`` continues it.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from .config import ConfigError, TrialConfig, dump_yaml, flatten, read_yaml
 from .data import load_arrays
 from .engine import FitResult, Metrics, StateThunk, fit, resolve_device
-from .results import atomic_write_bytes, epoch_rows, write_table
+from .results import epoch_rows, write_table
+from .trial_store import load_state, save_state
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.parquet"
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    # Our own files: model/optimizer tensors plus plain Python metadata and RNG byte tensors.
-    state: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
-    return state
 
 
 def train_local(
@@ -57,7 +42,7 @@ def train_local(
                 f"--resume: the config differs from {out / CONFIG_FILE}; resume with the same "
                 "config (or no --config/--set) or use a new --out"
             )
-        state = load_checkpoint(checkpoint)
+        state = load_state(checkpoint)
     elif checkpoint.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or a new --out")
     dump_yaml(config, out / CONFIG_FILE)
@@ -67,7 +52,7 @@ def train_local(
     def report(metrics: Metrics, thunk: StateThunk) -> None:
         run_state = thunk()
         write_table(epoch_rows(run_state["history"], flat), out / METRICS_FILE)
-        save_checkpoint(run_state, checkpoint)
+        save_state(run_state, checkpoint)
         if on_epoch is not None:
             on_epoch(metrics)
 

@@ -82,10 +82,11 @@ def read_parquet_dir(directory: Path) -> pd.DataFrame:
 # Study results directory:
 #   study.json          metadata: spec hash, versions, hardware, start/end, state
 #   spec.yaml           the resolved spec
-#   epochs/<trial>.parquet   one row per reported epoch of that trial
+#   epochs/<trial>.parquet   one row per finished epoch of that trial (written by the trial)
+#   checkpoints/<trial>/     latest.pt and best.pt of that trial (written by the trial)
 #   trials.parquet      one row per trial: config, state, stop reason, best epoch, compute
 #   test.parquet        test-set scores of the best configurations, after the search
-#   ray/                Ray Tune's experiment state and checkpoints (for --resume)
+#   ray/                Ray Tune's experiment state (trial list, searcher, scheduler)
 
 STUDY_FILE = "study.json"
 SPEC_FILE = "spec.yaml"
@@ -93,12 +94,13 @@ EPOCHS_DIR = "epochs"
 TRIALS_FILE = "trials.parquet"
 TEST_FILE = "test.parquet"
 RAY_DIR = "ray"
+LOCK_FILE = ".lock"
 ENGINE_METRICS = (
     "epoch", "lr",
     "train/loss", "train/top1", "train/top5",
     "val/loss", "val/top1", "val/top5",
     "test/loss", "test/top1", "test/top5",
-    "time/train_s", "time/epoch_s", "time/images_per_s", "diverged", "node_id",
+    "time/train_s", "time/epoch_s", "time/images_per_s", "time/ended_at", "diverged", "node_id",
     "init/loss", "init/top1", "init/top5", "pid",
 )  # fmt: skip
 TRIAL_COLUMNS = (
@@ -106,8 +108,9 @@ TRIAL_COLUMNS = (
     "epochs_run", "best_epoch", "best_metric", "final_val_top1", "final_train_top1", "time_s",
     "stop_reason", "cpu_s", "gpu_s",
 )  # fmt: skip
-# Keys that vary between repeats of one configuration (or only say where it ran).
-NOT_CONFIGURATION = ("seed", "threads", "device")
+# Keys that vary between repeats of one configuration, or only say where it ran or where its
+# data lives (a study resumed elsewhere keeps its groups).
+NOT_CONFIGURATION = ("seed", "threads", "device", "data.dir", "data.download")
 
 
 def group_id(flat_config: Mapping[str, Any]) -> str:
@@ -120,12 +123,23 @@ def group_id(flat_config: Mapping[str, Any]) -> str:
     ]
 
 
-class StudyRecorder:
-    """Turns Ray's per-trial events into the Parquet files above; holds no Ray objects.
+def trial_keys(trial_id: str, flat_config: Mapping[str, Any], sample: Mapping[str, Any]) -> dict:
+    """The identifying columns of a trial's rows: id, configuration group, variant, seed."""
+    return {
+        "trial_id": trial_id,
+        "group": group_id(flat_config),
+        "variant": sample.get("variant", ""),
+        "seed": flat_config["seed"],
+    }
 
-    Each trial's epochs file is rewritten whole (atomically) on every epoch. A trial restored
-    from an earlier checkpoint re-reports epochs: rows from that epoch on are replaced, so every
-    epoch of every trial is stored exactly once however often the study is resumed.
+
+class StudyRecorder:
+    """The trial table (``trials.parquet``) from Ray's trial events and the trials' own epoch
+    files (written by the trials, see :mod:`cifartune.trial_store`); holds no Ray objects.
+
+    What it knows of earlier drivers (finished trials, retries) is read back from the results
+    directory when it is built, so a resumed study continues from the files, not from the copy
+    of this object that Ray pickled when the study first started.
     """
 
     def __init__(
@@ -135,7 +149,7 @@ class StudyRecorder:
         self.resolve = resolve  # sample -> flat trial config (dict)
         self.metric, self.mode = metric, mode
         self.cpus, self.gpus = cpus, gpus
-        self._epochs: dict[str, pd.DataFrame] = {}
+        self._epochs: dict[str, tuple[tuple[int, int], pd.DataFrame]] = {}
         self._states: dict[str, tuple[str, dict[str, Any], str | None]] = {}
         self._retries: dict[str, int] = {}
         # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
@@ -146,35 +160,20 @@ class StudyRecorder:
             previous = pd.read_parquet(table)
             self._finished = set(previous.loc[previous["state"] == "TERMINATED", "trial_id"])
             self._retries = dict(zip(previous["trial_id"], previous["retries"], strict=True))
-        (directory / EPOCHS_DIR).mkdir(parents=True, exist_ok=True)
 
-    def _trial_epochs(self, trial_id: str) -> pd.DataFrame:
-        if trial_id not in self._epochs:
-            path = self.directory / EPOCHS_DIR / f"{trial_id}.parquet"
-            self._epochs[trial_id] = pd.read_parquet(path) if path.exists() else pd.DataFrame()
-        return self._epochs[trial_id]
-
-    def record_epoch(
-        self, trial_id: str, sample: Mapping[str, Any], result: Mapping[str, Any]
-    ) -> None:
-        if "epoch" not in result:
-            return
-        flat = self.resolve(sample)
-        metrics = {k: result[k] for k in ENGINE_METRICS if k in result}
-        row = epoch_rows(
-            [metrics],
-            flat,
-            trial_id=trial_id,
-            group=group_id(flat),
-            variant=sample.get("variant", ""),
-            seed=flat["seed"],
-        )
-        previous = self._trial_epochs(trial_id)
-        if not previous.empty:
-            previous = previous[previous["epoch"] < metrics["epoch"]]
-        frame = pd.concat([previous, row], ignore_index=True) if not previous.empty else row
-        self._epochs[trial_id] = frame
-        write_table(frame, self.directory / EPOCHS_DIR / f"{trial_id}.parquet")
+    def trial_epochs(self, trial_id: str) -> pd.DataFrame:
+        """The trial's epoch rows as its process last wrote them (re-read when they change)."""
+        path = self.directory / EPOCHS_DIR / f"{trial_id}.parquet"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return pd.DataFrame()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._epochs.get(trial_id)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, pd.read_parquet(path))
+            self._epochs[trial_id] = cached
+        return cached[1]
 
     def record_retry(self, trial_id: str, error: str | None) -> None:
         self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
@@ -198,12 +197,9 @@ class StudyRecorder:
         self, trial_id: str, state: str, sample: dict[str, Any], error: str | None
     ) -> dict[str, Any]:
         flat = self.resolve(sample)
-        epochs = self._trial_epochs(trial_id)
+        epochs = self.trial_epochs(trial_id)
         row: dict[str, Any] = {
-            "trial_id": trial_id,
-            "group": group_id(flat),
-            "variant": sample.get("variant", ""),
-            "seed": flat["seed"],
+            **trial_keys(trial_id, flat, sample),
             "state": state,
             "error": error,
             "retries": self._retries.get(trial_id, 0),

@@ -113,8 +113,10 @@ class ResourcesSpec(Section):
 
 
 class CheckpointSpec(Section):
-    every: int = Field(1, ge=1, description="epochs between checkpoints (the last is always kept)")
-    keep: int = Field(2, ge=1, description="best checkpoints kept per trial, plus the latest")
+    """Each trial keeps two checkpoints: the latest (to resume from) and the model of its best
+    epoch by the study metric (scored on the test set), saved whenever the metric improves."""
+
+    every: int = Field(1, ge=1, description="epochs between latest checkpoints (and the last)")
 
 
 class StudySpec(Section):
@@ -324,9 +326,15 @@ def load_spec(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
     return build_spec(read_yaml(path), overrides)
 
 
+# Where a study's data and results live, not what it trains: a study may resume elsewhere.
+LOCATION_KEYS = ("data.dir", "data.download")
+
+
 def spec_hash(spec: StudySpec) -> str:
-    """Identity of a study's design: the same spec hashes the same wherever it is stored."""
+    """Identity of a study's design: the same spec hashes the same wherever it is stored and
+    wherever its data lives."""
     payload = spec.model_dump(mode="json", exclude={"storage", "description"})
+    payload["base"] = {k: v for k, v in flatten(payload["base"]).items() if k not in LOCATION_KEYS}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -4,13 +4,14 @@ and the test-set scoring of the best configurations once the search is over."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
-import math
 import os
 import platform
+import shutil
 import socket
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,27 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from .config import ConfigError, flatten
-from .data import CifarArrays, load_arrays, to_device
+from .config import ConfigError
+from .data import CifarArrays, describe_source, load_arrays, to_device
 from .results import (
+    EPOCHS_DIR,
+    LOCK_FILE,
     RAY_DIR,
     SPEC_FILE,
     STUDY_FILE,
     TEST_FILE,
     TRIALS_FILE,
-    StudyRecorder,
     atomic_write_text,
     write_table,
 )
 from .spec import StudySpec, spec_hash, trial_config, trial_count
+from .trial_store import BEST, checkpoint_dir, discard_trial_files, load_state, set_aside_orphans
 
 log = logging.getLogger(__name__)
+# Seconds between heartbeats of a running driver, and the age past which a study whose driver
+# runs on another host is taken for dead.
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 4 * HEARTBEAT_S
 
 
 @dataclass(frozen=True)
@@ -41,14 +48,11 @@ class StudyOutcome:
     state: str  # completed | interrupted
     trials: pd.DataFrame
     test: pd.DataFrame
+    already_completed: bool = False  # resumed a completed study: nothing ran
 
 
 def study_directory(spec: StudySpec, storage: Path | None = None) -> Path:
     return ((storage or spec.storage) / spec.name).expanduser().resolve()
-
-
-def resolve_flat(spec: StudySpec, sample: dict[str, Any]) -> dict[str, Any]:
-    return flatten(trial_config(spec, sample))
 
 
 def environment() -> dict[str, Any]:
@@ -94,59 +98,135 @@ def _check_writable(directory: Path) -> None:
 
 
 class StudyMetadata:
-    """study.json: written at start, updated at the end; the state says if it finished."""
+    """study.json: who runs the study (host, pid, heartbeat) and in which state it is.
+
+    While a driver runs, a thread refreshes the heartbeat every HEARTBEAT_S seconds, so a study
+    whose driver died (SIGKILL, power loss) is told apart from one that is running."""
 
     def __init__(self, directory: Path):
         self.path = directory / STUDY_FILE
+        self.data: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def read(self) -> dict[str, Any] | None:
         return json.loads(self.path.read_text()) if self.path.exists() else None
 
-    def write(self, data: dict[str, Any]) -> None:
-        atomic_write_text(self.path, json.dumps(data, indent=2, default=str))
+    def write(self, **updates: Any) -> None:
+        with self._lock:
+            self.data.update(updates, heartbeat=_now())
+            atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))
+
+    def start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(HEARTBEAT_S):
+                self.write()
+
+        self._thread = threading.Thread(target=beat, name="cifartune-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def driver_gone(meta: Mapping[str, Any], *, lock_free: bool) -> bool:
+    """Whether a study marked running has lost its driver: on this host its lock is free (the
+    OS releases it when the process dies); elsewhere its heartbeat has stopped."""
+    if meta.get("state") != "running":
+        return False
+    if meta.get("host") == socket.gethostname():
+        return lock_free
+    beat = meta.get("heartbeat")
+    if not beat:
+        return True
+    age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(str(beat))
+    return age.total_seconds() > STALE_AFTER_S
+
+
+def lock_is_free(directory: Path) -> bool:
+    """Whether no driver on this host holds the study's lock (taken and released at once)."""
+    from filelock import FileLock, Timeout
+
+    if not (directory / LOCK_FILE).exists():
+        return True
+    try:
+        with FileLock(str(directory / LOCK_FILE), timeout=0):
+            return True
+    except Timeout:
+        return False
+
+
+def describe_driver(meta: Mapping[str, Any]) -> str:
+    return (
+        f"driver pid {meta.get('pid')} on {meta.get('host')}, "
+        f"last heartbeat {meta.get('heartbeat') or 'never'}"
+    )
 
 
 def _claim(directory: Path, spec: StudySpec, resume: bool) -> dict[str, Any] | None:
-    """Refuse to mix two studies in one directory; return the earlier metadata when resuming."""
+    """Refuse to mix two studies in one directory; return the earlier metadata when resuming.
+    Called with the directory's lock held, so a 'running' study found here has no live driver
+    on this host."""
     previous = StudyMetadata(directory).read()
     digest = spec_hash(spec)
     if previous is None:
         if resume:
-            raise ConfigError(
-                f"--resume: {directory} holds no study to resume; run without --resume"
-            )
+            raise ConfigError(f"--resume: {directory} holds no study to resume; run without it")
         return None
     if previous.get("spec_hash") != digest:
         raise ConfigError(
             f"{directory} holds study {previous.get('name')!r} made from another spec "
             f"(hash {previous.get('spec_hash')} != {digest}); use another --storage or study name"
         )
+    if previous.get("state") == "running" and not driver_gone(previous, lock_free=True):
+        raise ConfigError(
+            f"{directory}: the study is running ({describe_driver(previous)}); follow it with: "
+            f"cifartune status {directory}"
+        )
+    if not resume and previous.get("state") != "completed":
+        stale = " (its driver is gone)" if previous.get("state") == "running" else ""
+        raise ConfigError(
+            f"{directory} already holds this study, {previous.get('state')}{stale}; continue it "
+            f"with: cifartune resume {directory}"
+        )
     if not resume:
         raise ConfigError(
-            f"{directory} already holds this study (state: {previous.get('state')}); "
-            "pass --resume to continue it, or --storage / --set name=... for a fresh one"
+            f"{directory} already holds this study, completed; see it with: "
+            f"cifartune status {directory} (or use another --storage / --set name=...)"
         )
-    if previous.get("state") == "completed":
-        raise ConfigError(f"{directory}: the study is already completed; nothing to resume")
     return previous
+
+
+class _OneLineRayLogs(logging.Filter):
+    """Ray's warnings stay visible (e.g. that no node can hold a trial), as one line each: no
+    traceback of Ray internals (the trial's error file keeps it) and no Tuner.restore advice
+    (the CLI prints the cifartune command that resumes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Tuner.restore" in record.getMessage():
+            return False
+        record.msg, record.args = record.getMessage().splitlines()[0], None
+        record.exc_info = record.exc_text = None
+        return True
 
 
 def _init_ray(address: str | None, verbose: bool) -> None:
     import ray
 
     if not verbose:
-        # Ray Tune's interrupt notice points at Tuner.restore and its trial-failure log is a
-        # traceback of Ray internals; the CLI says how to resume and the callback logs each
-        # failed trial with its reason (full traceback in the trial's error file, or with -v).
-        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        for handler in logging.getLogger("ray").handlers:
+            handler.addFilter(_OneLineRayLogs())
     if ray.is_initialized():
         return
-    # Trial processes' own output (Ray's checkpoint chatter) reaches the terminal only with -v;
-    # trial errors still do, through the trial error files the driver reads. Without --address,
+    # Trial processes' own output reaches the terminal only with -v; trial errors still do,
+    # through the trial error files the driver reads. Without --address (and RAY_ADDRESS),
     # "local" starts a private runtime instead of joining whatever `ray start` left registered
     # on this machine (a stale registration makes a plain ray.init() hang).
     ray.init(
-        address=address or "local",
+        address=address or os.environ.get("RAY_ADDRESS") or "local",
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=verbose,
@@ -161,7 +241,7 @@ def _warn_if_results_not_shared(directory: Path) -> None:
         log.warning(
             "this Ray cluster has %d nodes: results and checkpoints go to %s, which every node "
             "must see at the same path (NFS or another shared filesystem), or trials on other "
-            "nodes cannot save checkpoints and --resume loses them",
+            "nodes cannot save checkpoints and resume loses them",
             len(nodes),
             directory,
         )
@@ -174,71 +254,99 @@ def run_study(
     resume: bool = False,
     storage: Path | None = None,
     verbose: bool = False,
+    restart_errored: bool = False,
 ) -> StudyOutcome:
-    """Run (or resume) `spec` on Ray; results land under ``storage/name`` as the study goes."""
+    """Run (or resume) `spec` on Ray; results land under ``storage/name`` as the study goes.
+
+    The data source is checked before anything is written. A start that fails before any trial
+    reported leaves nothing behind (a new directory is removed, a resumed one keeps its state);
+    a failure or interrupt after that leaves the study interrupted and resumable.
+    """
     from filelock import FileLock, Timeout
 
     directory = study_directory(spec, storage)
+    describe_source(trial_config(spec, {}).data)
+    fresh = not directory.exists()
     _check_writable(directory)
-    lock = FileLock(str(directory / ".lock"))
+    lock = FileLock(str(directory / LOCK_FILE))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise ConfigError(
             f"{directory} is in use by another cifartune run; wait for it or use another --storage"
         ) from None
+    metadata = StudyMetadata(directory)
+    failed_before_trials = False
     try:
-        return _run_locked(spec, directory, address=address, resume=resume, verbose=verbose)
+        return _run_locked(spec, directory, metadata, address, resume, verbose, restart_errored)
+    except BaseException:
+        failed_before_trials = fresh and not any((directory / EPOCHS_DIR).glob("*.parquet"))
+        if metadata.data and not failed_before_trials:
+            metadata.write(state="interrupted", finished=_now())
+        raise
     finally:
+        metadata.stop_heartbeat()
         lock.release()
+        if failed_before_trials:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _run_locked(
-    spec: StudySpec, directory: Path, *, address: str | None, resume: bool, verbose: bool
+    spec: StudySpec,
+    directory: Path,
+    metadata: StudyMetadata,
+    address: str | None,
+    resume: bool,
+    verbose: bool,
+    restart_errored: bool,
 ) -> StudyOutcome:
     from ray import tune
 
-    from .tuning import ParquetCallback, scheduler, search_algorithm, search_space, train_trial
+    from .tuning import StudyCallback, scheduler, search_algorithm, search_space, train_trial
 
     previous = _claim(directory, spec, resume)
-    metadata = StudyMetadata(directory)
-    meta = previous or {
+    if previous is not None and previous.get("state") == "completed":
+        return StudyOutcome(directory, "completed", _read_trials(directory), pd.DataFrame(), True)
+    metadata.data = previous or {
         "name": spec.name,
         "spec_hash": spec_hash(spec),
         "started": _now(),
         **environment(),
     }
-    meta.update(
+    metadata.write(
         state="running",
-        resumed=[*meta.get("resumed", []), _now()] if previous else [],
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        resumed=[*metadata.data.get("resumed", []), _now()] if previous else [],
         address=address,
     )
+    metadata.start_heartbeat()
     atomic_write_text(
         directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
-    metadata.write(meta)
-
     arrays = load_arrays(trial_config(spec, {}).data)
     _init_ray(address, verbose)
     _warn_if_results_not_shared(directory)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, arrays=arrays, spec=spec),
+        tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
     ray_dir = directory / RAY_DIR
     if previous is not None and tune.Tuner.can_restore(str(ray_dir)):
+        if restart_errored:
+            for trial_id in _errored_trials(directory):
+                discard_trial_files(directory, trial_id)
         tuner = tune.Tuner.restore(
-            str(ray_dir), trainable, resume_unfinished=True, resume_errored=True
+            str(ray_dir),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=restart_errored,
         )
     else:
-        recorder = StudyRecorder(
-            directory,
-            functools.partial(resolve_flat, spec),
-            spec.metric,
-            spec.resolved_mode,
-            spec.resources.cpus,
-            spec.resources.gpus,
-        )
+        # Killed before Ray's first snapshot: no trial can be resumed under its id.
+        set_aside_orphans(directory, set())
+        (directory / TRIALS_FILE).unlink(missing_ok=True)
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(spec),
@@ -248,47 +356,47 @@ def _run_locked(
                 search_alg=search_algorithm(spec),
                 scheduler=scheduler(spec),
                 num_samples=spec.search.samples,
-                max_concurrent_trials=spec.resources.max_concurrent,
             ),
             run_config=tune.RunConfig(
                 name=RAY_DIR,
                 storage_path=str(directory),
-                callbacks=[ParquetCallback(recorder)],
+                callbacks=[StudyCallback(directory, spec)],
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=spec.checkpoint.keep,
-                    checkpoint_score_attribute=spec.metric,
-                    checkpoint_score_order=spec.resolved_mode,
-                ),
                 verbose=0,
             ),
         )
-    grid = tuner.fit()
-    trials = (
-        pd.read_parquet(directory / TRIALS_FILE)
-        if (directory / TRIALS_FILE).exists()
-        else pd.DataFrame()
-    )
+    tuner.fit()
+    trials = _read_trials(directory)
     finished = not trials.empty and trials["state"].isin(["TERMINATED", "ERROR"]).all()
     finished = finished and len(trials) >= trial_count(spec)
     test = pd.DataFrame()
     if finished:
-        test = score_best_on_test(spec, arrays, trials, grid)
+        test = score_best_on_test(spec, arrays, trials, directory)
         if not test.empty:
             write_table(test, directory / TEST_FILE)
-    meta.update(state="completed" if finished else "interrupted", finished=_now())
-    metadata.write(meta)
-    return StudyOutcome(directory, meta["state"], trials, test)
+    state = "completed" if finished else "interrupted"
+    metadata.stop_heartbeat()
+    metadata.write(state=state, finished=_now())
+    return StudyOutcome(directory, state, trials, test)
+
+
+def _read_trials(directory: Path) -> pd.DataFrame:
+    path = directory / TRIALS_FILE
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def _errored_trials(directory: Path) -> list[str]:
+    trials = _read_trials(directory)
+    return [] if trials.empty else trials.loc[trials["state"] == "ERROR", "trial_id"].tolist()
 
 
 def score_best_on_test(
-    spec: StudySpec, arrays: CifarArrays, trials: pd.DataFrame, grid: Any
+    spec: StudySpec, arrays: CifarArrays, trials: pd.DataFrame, directory: Path
 ) -> pd.DataFrame:
     """Score each repeat of the `spec.test_best` best configurations once on the test set, from
-    the checkpoint of its best validation epoch. Ranking uses the mean over repeats."""
+    its best-validation checkpoint (``best.pt``, saved whenever the metric improved). Ranking
+    uses the mean over repeats."""
     from .engine import resolve_device, score_on_test
-    from .local import load_checkpoint
-    from .tuning import CHECKPOINT_NAME
 
     if spec.test_best == 0:
         return pd.DataFrame()
@@ -297,30 +405,16 @@ def score_best_on_test(
         return pd.DataFrame()
     means = scored.groupby("group")["best_metric"].mean()
     best_groups = means.sort_values(ascending=spec.resolved_mode == "min").index[: spec.test_best]
-    results = {r.metrics.get("trial_id"): r for r in grid if r.metrics}
     rows = []
     device = resolve_device("auto")
     for rank, group in enumerate(best_groups, start=1):
         for trial in scored[scored["group"] == group].itertuples():
-            result = results.get(trial.trial_id)
-            if result is None:
-                log.warning("trial %s is not in Ray's results; not scored on test", trial.trial_id)
+            path = checkpoint_dir(directory, str(trial.trial_id)) / BEST
+            if not path.is_file():
+                log.warning("trial %s has no best checkpoint; not scored on test", trial.trial_id)
                 continue
-            checkpoints = [
-                (c, m)
-                for c, m in result.best_checkpoints
-                if m.get(spec.metric) is not None and math.isfinite(m[spec.metric])
-            ]
-            if not checkpoints:
-                log.warning(
-                    "trial %s has no checkpoint left to score on the test set", trial.trial_id
-                )
-                continue
-            pick = max if spec.resolved_mode == "max" else min
-            checkpoint, metrics = pick(checkpoints, key=lambda cm: cm[1][spec.metric])
-            with checkpoint.as_directory() as path:
-                state = load_checkpoint(Path(path) / CHECKPOINT_NAME, device)
-            config = trial_config(spec, result.config).model_copy(update={"device": device.type})
+            best = load_state(path, device)
+            config = trial_config(spec, best["sample"]).model_copy(update={"device": device.type})
             data = to_device(arrays, config.data, device)
             rows.append(
                 {
@@ -329,9 +423,9 @@ def score_best_on_test(
                     "trial_id": trial.trial_id,
                     "seed": trial.seed,
                     "variant": trial.variant,
-                    "epoch": metrics["epoch"],
-                    spec.metric: metrics[spec.metric],
-                    **score_on_test(config, data, state),
+                    "epoch": best["epoch"],
+                    spec.metric: best["metric"],
+                    **score_on_test(config, data, best),
                 }
             )
     return pd.DataFrame(rows)

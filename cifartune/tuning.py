@@ -1,8 +1,9 @@
 """Ray Tune adapter: search space translation, the trainable, the Parquet callback, the Tuner.
 
-This is the only module (with ``cluster``) that imports Ray. The trainable is a thin shell around
+This is the only module (with ``study``) that imports Ray. The trainable is a thin shell around
 :func:`cifartune.engine.fit`: sampled flat config in, typed config built by the spec, per-epoch
-``tune.report`` with a checkpoint, resume from ``tune.get_checkpoint()``.
+``tune.report``; checkpoints and epoch rows go to the results directory (``trial_store``), not
+through Ray, so resuming never depends on which checkpoints Ray's snapshot remembers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,18 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import SearchAlgorithm, Searcher
+from ray.tune.search import (
+    BasicVariantGenerator,
+    ConcurrencyLimiter,
+    SearchAlgorithm,
+    Searcher,
+)
 from ray.tune.search.optuna import OptunaSearch
 
+from .config import flatten
 from .data import CifarArrays
 from .engine import Metrics, StateThunk, fit
-from .local import load_checkpoint, save_checkpoint
-from .results import StudyRecorder
+from .results import StudyRecorder, trial_keys
 from .spec import (
     SEED_KEY,
     VARIANT_KEY,
@@ -39,9 +44,9 @@ from .spec import (
     StudySpec,
     trial_config,
 )
+from .trial_store import TrialWriter, set_aside_orphans
 
 log = logging.getLogger(__name__)
-CHECKPOINT_NAME = "state.pt"
 
 
 def search_space(spec: StudySpec) -> dict[str, Any]:
@@ -70,21 +75,30 @@ def search_space(spec: StudySpec) -> dict[str, Any]:
     return space
 
 
-def search_algorithm(spec: StudySpec) -> SearchAlgorithm | Searcher | None:
+def search_algorithm(spec: StudySpec) -> SearchAlgorithm | Searcher:
+    """The searcher, with ``resources.max_concurrent`` applied to it: Ray ignores the Tuner's
+    ``max_concurrent_trials`` for a variant generator built by hand, so it is given here."""
+    limit = spec.resources.max_concurrent or 0
     if spec.search.algorithm == "optuna":
-        return OptunaSearch(metric=spec.metric, mode=spec.resolved_mode, seed=spec.search.seed)
-    if spec.search.algorithm == "random":
-        from ray.tune.search import BasicVariantGenerator
-
-        return BasicVariantGenerator(random_state=spec.search.seed)
-    return None
+        searcher = OptunaSearch(metric=spec.metric, mode=spec.resolved_mode, seed=spec.search.seed)
+        return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
+    # constant_grid_search: one random draw per sample, shared by every grid point of it, so
+    # the seeds of a repeated configuration really repeat it (Ray's default draws anew for each
+    # seed, turning "mean over repeats" into a best-of-N).
+    return BasicVariantGenerator(
+        max_concurrent=limit,
+        random_state=spec.search.seed,
+        constant_grid_search=spec.search.algorithm == "random",
+    )
 
 
 def scheduler(spec: StudySpec) -> TrialScheduler:
     sched = spec.scheduler
     if sched.name == "asha":
+        # Our epoch, not Ray's training_iteration: a trial resumed from our own checkpoint
+        # starts a new Ray iteration count, but its epochs go on.
         return ASHAScheduler(
-            time_attr="training_iteration",
+            time_attr="epoch",
             max_t=sched.max_epochs or trial_config(spec, {}).epochs,
             grace_period=sched.grace_period,
             reduction_factor=sched.reduction_factor,
@@ -101,40 +115,77 @@ def _ray_safe(metrics: Metrics, metric: str, mode: str) -> Metrics:
     return metrics
 
 
-def train_trial(sample: dict[str, Any], *, arrays: CifarArrays, spec: StudySpec) -> None:
-    """The Ray trainable: one trial of `spec` on the shared `arrays`."""
+def train_trial(
+    sample: dict[str, Any], *, arrays: CifarArrays, spec: StudySpec, directory: str
+) -> None:
+    """The Ray trainable: one trial of `spec` on the shared `arrays`.
+
+    It resumes from its own latest checkpoint in the results directory (a retry after a crash,
+    or a resumed study), writes its checkpoints and epoch rows there, and reports each epoch to
+    Ray for the scheduler and searcher.
+    """
     config = trial_config(spec, sample)
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = load_checkpoint(Path(directory) / CHECKPOINT_NAME)
-    node_id = ray.get_runtime_context().get_node_id()
-    every = spec.checkpoint.every
+    flat = flatten(config)
+    trial_id = tune.get_context().get_trial_id()
+    writer = TrialWriter(
+        Path(directory),
+        trial_id,
+        sample=sample,
+        flat_config=flat,
+        keys=trial_keys(trial_id, flat, sample),
+        metric=spec.metric,
+        mode=spec.resolved_mode,
+        every=spec.checkpoint.every,
+        extras={"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()},
+    )
+    reported = False
 
     def report(metrics: Metrics, state: StateThunk) -> None:
-        row = _ray_safe({**metrics, "node_id": node_id}, spec.metric, spec.resolved_mode)
-        last = metrics["epoch"] == config.epochs or metrics["diverged"]
-        if metrics["epoch"] % every and not last:
-            tune.report(row)
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(state(), Path(directory) / CHECKPOINT_NAME)
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
+        nonlocal reported
+        writer.record(metrics, state)
+        tune.report(_ray_safe(metrics, spec.metric, spec.resolved_mode))
+        reported = True
 
-    fit(config, arrays, report=report, resume=resume)
+    result = fit(config, arrays, report=report, resume=writer.resume())
+    if not reported and result.history:
+        # Resumed from a checkpoint of its last epoch (it finished after Ray's last snapshot):
+        # nothing left to train, but the scheduler and searcher still get its final result.
+        tune.report(_ray_safe(result.history[-1], spec.metric, spec.resolved_mode))
 
 
-class ParquetCallback(tune.Callback):
-    """Writes every reported epoch and the trial table as the study runs (driver side)."""
+class StudyCallback(tune.Callback):
+    """Keeps ``trials.parquet`` up to date as the study runs (driver side).
 
-    def __init__(self, recorder: StudyRecorder):
-        self.recorder = recorder
+    The recorder is built in ``setup``, which Ray calls on every start, also after
+    ``Tuner.restore`` (which unpickles this object as it was before any trial ran): its state is
+    read from the results directory, never from that pickle.
+    """
+
+    def __init__(self, directory: Path, spec: StudySpec):
+        self.directory, self.spec = directory, spec
+        self.recorder: StudyRecorder | None = None
+
+    def setup(self, *args: Any, **info: Any) -> None:
+        spec = self.spec
+        self.recorder = StudyRecorder(
+            self.directory,
+            lambda sample: flatten(trial_config(spec, sample)),
+            spec.metric,
+            spec.resolved_mode,
+            spec.resources.cpus,
+            spec.resources.gpus,
+        )
+
+    @property
+    def _recorder(self) -> StudyRecorder:
+        if self.recorder is None:
+            self.setup()
+        assert self.recorder is not None
+        return self.recorder
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        self.recorder.record_epoch(trial.trial_id, trial.config, result)
         self._sync(trials)
         log.info(
             "trial %s epoch %d: val/top1 %.2f val/loss %.3f (%.1fs)%s",
@@ -149,7 +200,7 @@ class ParquetCallback(tune.Callback):
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self.recorder.record_complete(trial.trial_id)
+        self._recorder.record_complete(trial.trial_id)
         self._sync(trials)
         log.info("trial %s finished", trial.trial_id)
 
@@ -167,14 +218,15 @@ class ParquetCallback(tune.Callback):
     def on_trial_recover(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self.recorder.record_retry(trial.trial_id, _error_text(trial))
+        self._recorder.record_retry(trial.trial_id, _error_text(trial))
         self._sync(trials)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._sync(trials)
+        set_aside_orphans(self.directory, {t.trial_id for t in trials})
 
     def _sync(self, trials: list[Trial]) -> None:
-        self.recorder.record_states(
+        self._recorder.record_states(
             {
                 t.trial_id: (
                     t.status,

@@ -36,7 +36,7 @@ def synthetic_arrays(n_train: int = 400, n_test: int = 100, seed: int = 0) -> Ci
 
 def quick_config(**overrides: Any) -> Any:
     """A TrialConfig for fast CPU tests; `overrides` use dotted keys with '__' for '.'."""
-    base = {"epochs": 1, "batch_size": 64, "device": "cpu", "threads": 2}
+    base = {"epochs": 1, "batch_size": 64, "device": "cpu", "threads": 2, "data.source": "bundled"}
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
     return build_trial_config({}, base)
 

@@ -11,7 +11,7 @@ import yaml
 TINY_BASE = {
     "epochs": 2,
     "batch_size": 50,
-    "data": {"train_subset": 100, "val_size": 100},
+    "data": {"source": "bundled", "train_subset": 100, "val_size": 100},
 }
 
 
@@ -81,9 +81,12 @@ def fabricate_study(
     import json
     import math
 
-    from cifartune.results import StudyRecorder, write_table
-    from cifartune.spec import build_spec, spec_hash
-    from cifartune.study import resolve_flat
+    from cifartune.config import flatten
+    from cifartune.results import StudyRecorder, epoch_rows, trial_keys, write_table
+    from cifartune.spec import build_spec, spec_hash, trial_config
+
+    def resolve_flat(spec, sample):
+        return flatten(trial_config(spec, sample))
 
     spec = build_spec(spec_tree)
     study_dir = directory / spec.name
@@ -113,12 +116,11 @@ def fabricate_study(
     )
     states = {}
     for trial_id, (sample, val_top1, final_state, diverged) in curves.items():
+        history = []
         for epoch, top1 in enumerate(val_top1, start=1):
             last = epoch == len(val_top1)
             loss = 2.3 - 0.08 * epoch + (0.02 * epoch**1.5 if top1 < 60 else 0)
-            recorder.record_epoch(
-                trial_id,
-                sample,
+            history.append(
                 {
                     "epoch": epoch,
                     "lr": 0.1,
@@ -137,8 +139,11 @@ def fabricate_study(
                     "init/top5": 50.0,
                     "node_id": "n1",
                     "pid": 1,
-                },
+                }
             )
+        flat = resolve_flat(spec, sample)
+        rows = epoch_rows(history, flat, **trial_keys(trial_id, flat, sample))
+        write_table(rows, study_dir / "epochs" / f"{trial_id}.parquet")
         if final_state == "TERMINATED":
             recorder.record_complete(trial_id)
         states[trial_id] = (final_state, sample, None)

@@ -1,0 +1,173 @@
+"""A trial's own files in its study directory, written by the trial process itself:
+
+  epochs/<trial>.parquet          one row per finished epoch, rewritten whole (atomically)
+  checkpoints/<trial>/latest.pt   the newest checkpoint (each ``checkpoint.every`` epochs, the last)
+  checkpoints/<trial>/best.pt     the model of the best epoch so far by the study metric
+
+Nothing here depends on Ray's own checkpoints, which a resumed experiment can name after
+``num_to_keep`` deleted them. Within one epoch the checkpoints are written first, then the row:
+a crash between the two leaves a checkpoint one epoch ahead of the rows, and the resumed trial
+writes the missing row from the checkpoint's history, so no finished epoch is recomputed
+(with ``checkpoint.every: 1``) and none is stored twice.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .results import EPOCHS_DIR, atomic_write_bytes, epoch_rows, write_table
+
+log = logging.getLogger(__name__)
+CHECKPOINTS_DIR = "checkpoints"
+LATEST = "latest.pt"
+BEST = "best.pt"
+ORPHANED_DIR = "orphaned"
+
+
+def epochs_path(directory: Path, trial_id: str) -> Path:
+    return directory / EPOCHS_DIR / f"{trial_id}.parquet"
+
+
+def checkpoint_dir(directory: Path, trial_id: str) -> Path:
+    return directory / CHECKPOINTS_DIR / trial_id
+
+
+def save_state(state: Mapping[str, Any], path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    # Our own files: model/optimizer tensors plus plain Python metadata and RNG byte tensors.
+    state: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
+    return state
+
+
+def better(value: Any, than: float | None, mode: str) -> bool:
+    """Whether `value` improves on `than` in direction `mode`; non-finite values never do."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return than is None or (value > than if mode == "max" else value < than)
+
+
+def discard_trial_files(directory: Path, trial_id: str) -> None:
+    """Forget a trial's epochs and checkpoints (a restart from scratch, or an orphan)."""
+    epochs_path(directory, trial_id).unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_dir(directory, trial_id), ignore_errors=True)
+
+
+def set_aside_orphans(directory: Path, known: set[str]) -> list[str]:
+    """Move the files of trials Ray does not know into ``orphaned/``: trials started after the
+    last experiment snapshot of a driver that was killed, which the resumed study re-creates
+    under new ids. Kept, not deleted (a failure loses nothing written), but out of the results."""
+    folder = directory / EPOCHS_DIR
+    orphans = sorted(p.stem for p in folder.glob("*.parquet") if p.stem not in known)
+    orphans += sorted(
+        p.name
+        for p in (directory / CHECKPOINTS_DIR).glob("*")
+        if p.name not in known and p.name not in orphans
+    )
+    for trial_id in orphans:
+        for source in (epochs_path(directory, trial_id), checkpoint_dir(directory, trial_id)):
+            if source.exists():
+                target = directory / ORPHANED_DIR / source.relative_to(directory)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source.replace(target)
+        log.warning(
+            "trial %s is not part of the resumed study; its files are in %s/",
+            trial_id,
+            ORPHANED_DIR,
+        )
+    return orphans
+
+
+class TrialWriter:
+    """Writes one trial's checkpoints and epoch rows; resumes them from its files.
+
+    `sample` identifies the trial's configuration: a checkpoint saved under another sample
+    (Ray can hand a trial id that a lost snapshot never saw to a new configuration) is not
+    resumed from but discarded.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        trial_id: str,
+        *,
+        sample: Mapping[str, Any],
+        flat_config: Mapping[str, Any],
+        keys: Mapping[str, Any],
+        metric: str,
+        mode: str,
+        every: int,
+        extras: Mapping[str, Any],
+    ):
+        self.directory, self.trial_id = directory, trial_id
+        self.sample = dict(sample)
+        self.flat, self.keys, self.extras = dict(flat_config), dict(keys), dict(extras)
+        self.metric, self.mode, self.every = metric, mode, every
+        self.folder = checkpoint_dir(directory, trial_id)
+        self.rows = pd.DataFrame()
+        self.best: float | None = None
+
+    def resume(self) -> dict[str, Any] | None:
+        """The latest checkpoint of this trial, with the rows and best value made to agree
+        with it; None (and the trial's old files gone) when it has to start from scratch."""
+        latest = self.folder / LATEST
+        state = load_state(latest) if latest.is_file() else None
+        if state is not None and state.get("sample") != self.sample:
+            log.warning("trial %s: checkpoint of another configuration discarded", self.trial_id)
+            state = None
+        if state is None:
+            discard_trial_files(self.directory, self.trial_id)
+            return None
+        done = int(state["epoch"])
+        path = epochs_path(self.directory, self.trial_id)
+        stored = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+        kept = stored[stored["epoch"] <= done] if not stored.empty else stored
+        have = set(kept["epoch"]) if not kept.empty else set()
+        missing = [m for m in state["history"] if m["epoch"] not in have]
+        if missing:  # written to the checkpoint, not yet to the rows: the rows come from it
+            kept = pd.concat([kept, self._rows(missing)], ignore_index=True)
+        self.rows = kept.sort_values("epoch", ignore_index=True) if not kept.empty else kept
+        self.best = state.get("best_metric")
+        self._write_rows()
+        return state
+
+    def record(self, metrics: Mapping[str, Any], state: Callable[[], dict[str, Any]]) -> None:
+        """One finished epoch: checkpoints (when due), then its row."""
+        epoch = int(metrics["epoch"])
+        value = metrics.get(self.metric)
+        improved = better(value, self.best, self.mode)
+        if improved:
+            self.best = float(metrics[self.metric])
+        last = epoch == self.flat["epochs"] or bool(metrics.get("diverged"))
+        if improved or last or epoch % self.every == 0:
+            full = {**state(), "sample": self.sample, "best_metric": self.best}
+            if improved:
+                best = {"epoch": epoch, "metric": self.best, "model": full["model"]}
+                save_state({**best, "sample": self.sample}, self.folder / BEST)
+            if last or epoch % self.every == 0:
+                save_state(full, self.folder / LATEST)
+        row = self._rows([{**metrics, **self.extras, "time/ended_at": time.time()}])
+        previous = self.rows[self.rows["epoch"] < epoch] if not self.rows.empty else self.rows
+        self.rows = pd.concat([previous, row], ignore_index=True) if not previous.empty else row
+        self._write_rows()
+
+    def _rows(self, history: list[Mapping[str, Any]]) -> pd.DataFrame:
+        return epoch_rows(history, self.flat, **self.keys)
+
+    def _write_rows(self) -> None:
+        if not self.rows.empty:
+            write_table(self.rows, epochs_path(self.directory, self.trial_id))
