@@ -49,11 +49,17 @@ class DataConfig(Section):
 
     source: Literal["auto", "bundled", "mirror", "torchvision"] = Field(
         "auto",
-        description="auto: bundled slice when `dir` is unset, else mirror if `dir` holds "
-        "train.npz, else a torchvision root",
+        description="auto: a mirror if the data location holds train.npz, else a torchvision "
+        "root; bundled: the small slice shipped in the package",
     )
-    dir: Path | None = None
-    download: bool = Field(False, description="let torchvision download CIFAR-10 into `dir`")
+    dir: str | None = Field(
+        None,
+        description="data location: a directory or an object-store URI (s3://bucket/prefix); "
+        "default $CIFARTUNE_DATA, else ~/.cache/cifartune/cifar10",
+    )
+    download: bool = Field(
+        True, description="let torchvision download CIFAR-10 into a location that has none"
+    )
     val_size: int | None = Field(
         None, ge=10, description="images held out for validation; default 10% of the train set"
     )
@@ -77,8 +83,6 @@ class DataConfig(Section):
     def _check(self) -> DataConfig:
         if len(set(self.augment)) != len(self.augment):
             raise ValueError(f"data.augment lists an augmentation twice: {'+'.join(self.augment)}")
-        if self.source in ("mirror", "torchvision") and self.dir is None:
-            raise ValueError(f"data.source={self.source} needs data.dir (the directory to read)")
         if self.crop_size < 32 and "crop" not in self.augment:
             raise ValueError("data.crop_size < 32 only applies with 'crop' in data.augment")
         if self.crop_size < 32 and self.normalize == "zca":
