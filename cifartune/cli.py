@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -203,6 +202,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
+    from .signals import stop_on_sigterm
     from .study import run_study, study_directory
 
     directory = study_directory(spec, args.storage)
@@ -210,7 +210,7 @@ def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
     logging.getLogger("cifartune").setLevel(logging.INFO)
     # SIGTERM (Slurm, Kubernetes, `timeout`) stops the study like Ctrl-C: Ray Tune's SIGINT
     # handler ends it cleanly and Ray's processes are shut down on the way out.
-    signal.signal(signal.SIGTERM, _as_interrupt)
+    stop_on_sigterm()
     try:
         outcome = run_study(
             spec,
@@ -230,14 +230,6 @@ def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
         return EXIT_INTERRUPTED
     print(f"results: {directory}  (report: cifartune report {directory})")
     return 0
-
-
-def _as_interrupt(signum: int, frame: Any) -> None:
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-    else:
-        raise KeyboardInterrupt
 
 
 def _print_summary(directory: Path) -> None:
@@ -291,7 +283,43 @@ def _hours(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    _print_summary(args.results)
+    if not args.watch:
+        _print_summary(args.results)
+        return 0
+    from .follow import CLEAR_SCREEN, follow
+    from .signals import stop_on_sigterm
+
+    stop_on_sigterm()
+    try:
+        for frame in follow(args.results, interval=args.interval):
+            print(CLEAR_SCREEN + frame + "(Ctrl-C to stop watching)", end="", flush=True)
+    except KeyboardInterrupt:
+        pass
+    print()
+    return 0
+
+
+def cmd_export_optuna(args: argparse.Namespace) -> int:
+    from .optuna_mirror import export_optuna, load_study_code, storage_location
+
+    mirror = export_optuna(args.results, args.storage)
+    name = mirror.study.study_name
+    where = storage_location(args.results, args.storage)
+    print(f"Optuna study {name!r}: {len(mirror.study.trials)} trials in {where}")
+    print("open it in Python with:\n" + load_study_code(args.results, args.storage, name))
+    print(f"or in a browser with: cifartune dashboard {args.results}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .follow import serve_dashboard
+
+    def ready(url: str) -> None:
+        print(f"optuna-dashboard: {url}  (Ctrl-C to stop)", flush=True)
+
+    serve_dashboard(
+        args.results, host=args.host, port=args.port, storage_url=args.storage, ready=ready
+    )
     return 0
 
 
@@ -378,7 +406,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="summarize a running or finished study")
     status.add_argument("results", type=Path, help="the study's results directory")
+    status.add_argument("--watch", action="store_true", help="redraw until the study stops")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws")
     status.set_defaults(func=cmd_status)
+
+    storage_help = "Optuna storage URL (sqlite:///x.db, ...) or journal file (default: "
+    storage_help += "RESULTS_DIR/optuna.journal)"
+    export = sub.add_parser("export-optuna", help="mirror a study into an Optuna storage")
+    export.add_argument("results", type=Path, help="the study's results directory")
+    export.add_argument("--storage", help=storage_help)
+    export.set_defaults(func=cmd_export_optuna)
+
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on a running or finished study")
+    dashboard.add_argument("results", type=Path, help="the study's results directory")
+    dashboard.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    dashboard.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    dashboard.add_argument("--storage", help=storage_help)
+    dashboard.set_defaults(func=cmd_dashboard)
 
     report = sub.add_parser("report", help="HTML + Markdown report of one or several studies")
     report.add_argument("results", type=Path, nargs="+", help="study results directories")

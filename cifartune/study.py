@@ -32,6 +32,7 @@ from .results import (
     atomic_write_text,
     write_table,
 )
+from .signals import stop_on_sigterm
 from .spec import StudySpec, spec_hash, trial_config, trial_count
 from .trial_store import BEST, checkpoint_dir, discard_trial_files, load_state, set_aside_orphans
 
@@ -231,6 +232,10 @@ def _init_ray(address: str | None, verbose: bool) -> None:
         logging_level=logging.WARNING,
         log_to_driver=verbose,
     )
+    # ray.init replaces SIGTERM's handler with one that aborts the driver (leaving its worker
+    # processes behind): SIGTERM (Slurm, Kubernetes, `timeout`) must stop the study like Ctrl-C.
+    if threading.current_thread() is threading.main_thread():
+        stop_on_sigterm()
 
 
 def _warn_if_results_not_shared(directory: Path) -> None:

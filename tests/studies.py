@@ -28,20 +28,39 @@ def epochs_of(results: Path) -> pd.DataFrame:
     return read_study(results).epochs
 
 
-def start_study(spec: Path, cwd: Path) -> Any:
-    """`cifartune run SPEC --storage CWD/r` as a real background process (for signals/kills)."""
+def start_study(spec: Path, cwd: Path, *args: str) -> Any:
+    """`cifartune run SPEC --storage CWD/r` as a real background process in a session of its own
+    (so a test can signal or kill it with every process it started)."""
+    return start_cli(["run", str(spec), "--storage", str(cwd / "r"), *args], cwd)
+
+
+def start_cli(args: list[str], cwd: Path) -> Any:
     import os
     import subprocess
     import sys
 
     return subprocess.Popen(
-        [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(cwd / "r")],
+        [sys.executable, "-m", "cifartune", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        start_new_session=True,
     )
+
+
+def session_processes(session: int) -> list[int]:
+    """Pids of the live processes in `session` (Linux /proc), zombies excluded."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == session:
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def wait_for(predicate: Any, timeout: float = 240) -> None:

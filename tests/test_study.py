@@ -3,13 +3,12 @@
 import os
 import signal
 
-import pandas as pd
 import pytest
 
 from cifartune.results import read_study
 
 from .helpers import run_cli
-from .studies import DETERMINISTIC, TINY_BASE, epochs_so_far, start_study, wait_for, write_spec
+from .studies import TINY_BASE, epochs_so_far, start_study, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -118,44 +117,3 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     assert (
         study.trials.iloc[0]["retries"] == 1 and study.trials.iloc[0]["stop_reason"] == "completed"
     )
-
-
-RESUME_FIELDS = dict(
-    base={**TINY_BASE, "epochs": 5, "data": {"train_subset": 300, "val_size": 100}},
-    space={"optim.lr": [0.05, 0.01]},
-)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The study the interrupted runs must end up equal to, run once for both signals."""
-    root = tmp_path_factory.mktemp("reference")
-    spec = write_spec(root, name="ref", **RESUME_FIELDS)
-    result = run_cli(["run", str(spec), "--storage", str(root / "r")], cwd=root)
-    assert result.returncode == 0, result.stderr
-    return read_study(root / "r" / "ref").epochs
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_driver_resumes_to_the_uninterrupted_result(tmp_path, sig, uninterrupted):
-    spec = write_spec(tmp_path, name="cut", **RESUME_FIELDS)
-    results = tmp_path / "r" / "cut"
-    driver = start_study(spec, tmp_path)
-    wait_for(lambda: len(epochs_so_far(results)) >= 3)
-    driver.send_signal(sig)
-    _, stderr = driver.communicate(timeout=120)
-    if sig == signal.SIGINT:
-        assert driver.returncode == 130, stderr
-        assert "--resume" in stderr and "Traceback" not in stderr
-    assert read_study(results).meta["state"] != "completed"
-
-    resumed = run_cli(
-        ["run", str(spec), "--storage", str(tmp_path / "r"), "--resume"], cwd=tmp_path
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    got, want = read_study(results).epochs, uninterrupted
-    key = ["config/optim.lr", "epoch"]
-    got = got.sort_values(key, ignore_index=True)
-    want = want.sort_values(key, ignore_index=True)
-    assert len(got) == 2 * 5 and not got.duplicated(key).any()
-    pd.testing.assert_frame_equal(got[key + DETERMINISTIC[1:]], want[key + DETERMINISTIC[1:]])
