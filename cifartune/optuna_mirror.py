@@ -82,12 +82,24 @@ def open_storage(directory: Path, storage_url: str | None = None) -> BaseStorage
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def describe_storage(directory: Path, storage_url: str | None = None) -> str:
-    """How a user opens the mirror: the Python expression for `storage=`."""
+def storage_location(directory: Path, storage_url: str | None = None) -> str:
+    """The URL, or the journal file's path, that :func:`open_storage` opens."""
     if storage_url is not None and "://" in storage_url:
-        return repr(storage_url)
-    path = Path(storage_url) if storage_url else directory / JOURNAL_FILE
-    return f'JournalStorage(JournalFileBackend("{path}"))'
+        return storage_url
+    return str(Path(storage_url) if storage_url else directory / JOURNAL_FILE)
+
+
+def load_study_code(directory: Path, storage_url: str | None, study_name: str) -> str:
+    """The Python lines that open the mirror with Optuna alone (for the user to copy)."""
+    location = storage_location(directory, storage_url)
+    if storage_url is not None and "://" in storage_url:
+        return f"optuna.load_study(study_name={study_name!r}, storage={location!r})"
+    return (
+        "from optuna.storages import JournalStorage\n"
+        "from optuna.storages.journal import JournalFileBackend\n"
+        f"study = optuna.load_study(study_name={study_name!r}, "
+        f"storage=JournalStorage(JournalFileBackend({location!r})))"
+    )
 
 
 def space_distributions(spec: Mapping[str, Any]) -> dict[str, BaseDistribution]:
@@ -140,7 +152,7 @@ class OptunaMirror:
             )
         if self.study.direction != direction:
             raise MirrorError(
-                f"Optuna storage {describe_storage(directory, storage_url)} holds a study "
+                f"Optuna storage {storage_location(directory, storage_url)} holds a study "
                 f"{spec['name']!r} with direction {self.study.direction.name.lower()}, but "
                 f"{self.metric} is to {direction.name.lower()} here; use another --storage"
             )
@@ -292,8 +304,9 @@ __all__ = [
     "JOURNAL_FILE",
     "MirrorError",
     "OptunaMirror",
-    "describe_storage",
     "export_optuna",
+    "load_study_code",
     "open_storage",
     "space_distributions",
+    "storage_location",
 ]

@@ -1,0 +1,207 @@
+"""Following a study while it runs: a terminal view (``cifartune status --watch``) and
+optuna-dashboard on the study's Optuna mirror (``cifartune dashboard``). Both read the results
+directory only, so they work from another process, another machine, during the study or after.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pandas as pd
+
+from .errors import CifartuneError
+from .results import StudyData, read_study
+
+log = logging.getLogger(__name__)
+BAR_WIDTH = 30
+CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase display: plain ANSI, any ssh terminal
+
+
+def best_trial(study: StudyData) -> pd.Series | None:
+    """The trials.parquet row with the best `best_metric` so far, or None before any."""
+    scored = study.trials.dropna(subset=["best_metric"])
+    if scored.empty:
+        return None
+    values = pd.to_numeric(scored["best_metric"])
+    return scored.loc[values.idxmax() if study.mode == "max" else values.idxmin()]
+
+
+def _planned(study: StudyData) -> tuple[int, int, bool]:
+    """Trials the spec runs, epochs a new trial runs, and whether ASHA may stop trials early
+    (then the epochs left are a worst case). Falls back to the trial table alone when the spec
+    no longer builds (a study made by an older cifartune)."""
+    from .spec import build_spec, max_epochs, trial_count
+
+    trials = study.trials
+    epochs = int(trials["max_epochs"].max()) if len(trials) else 0
+    try:
+        spec = build_spec(study.spec)
+    except CifartuneError as exc:
+        log.debug("spec.yaml does not build (%s); planning from the trial table", exc)
+        return len(trials), epochs, False
+    return trial_count(spec), max_epochs(spec), spec.scheduler.name == "asha"
+
+
+def is_live(study: StudyData) -> bool:
+    """Whether a driver is still running the study (study.json says running and its driver is
+    not gone: a killed driver leaves that state behind)."""
+    from .study import driver_gone, lock_is_free
+
+    if study.meta.get("state") != "running":
+        return False
+    return not driver_gone(study.meta, lock_free=lock_is_free(study.directory))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
+
+
+def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
+    """The terminal view of a study at time `now` (aware UTC): trials by state, epochs done and
+    planned, best so far, running trials, and while `live` (a driver runs it) an ETA. Pure: the
+    same files give the same text."""
+    trials, epochs, meta = study.trials, study.epochs, study.meta
+    state = meta.get("state", "?") if live or meta.get("state") != "running" else "driver gone"
+    lines = [f"study {study.name} [{state}]"]
+    if meta.get("started"):
+        started = dt.datetime.fromisoformat(meta["started"])
+        end = dt.datetime.fromisoformat(meta["finished"]) if meta.get("finished") else now
+        lines[0] += (
+            f"  started {started:%Y-%m-%d %H:%M} UTC, {_duration((end - started).total_seconds())}"
+        )
+    planned_trials, epochs_per_trial, asha = _planned(study)
+    unseen = max(planned_trials - len(trials), 0)
+    counts = trials["stop_reason"].value_counts()  # running/pending while not stopped
+    parts = [f"{n} {reason}" for reason, n in counts.items()]
+    if unseen:
+        parts.append(f"{unseen} not started")
+    lines.append(f"trials: {planned_trials} planned | " + ", ".join(parts or ["none yet"]))
+
+    finished = trials["state"].isin(["TERMINATED", "ERROR"])
+    left_running = (trials["max_epochs"] - trials["epochs_run"]).clip(lower=0)[~finished].sum()
+    left = int(left_running) + unseen * epochs_per_trial
+    done = len(epochs)
+    total = done + left
+    filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
+    lines.append(
+        f"epochs: {done} done / {total} planned{' at most (ASHA stops some early)' if asha else ''}"
+        f"  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done / total if total else 1:.0%}"
+    )
+
+    best = best_trial(study)
+    if best is not None:
+        factors = " ".join(
+            f"{k.removeprefix('config/')}={_short(best[k])}" for k in study.factor_keys()
+        )
+        if study.has_variants():
+            factors = f"variant={best['variant']} {factors}"
+        lines.append(
+            f"best so far: {study.metric} {best['best_metric']:.3f} (trial {best['trial_id']}, "
+            f"epoch {int(best['best_epoch'])}) {factors}".rstrip()
+        )
+    running = trials[trials["state"] == "RUNNING"]
+    if len(running):
+        lines.append("running:")
+        for row in running.sort_values("trial_id").itertuples():
+            last = epochs[epochs["trial_id"] == row.trial_id].tail(1)
+            current = f"  {study.metric} {last[study.metric].iloc[0]:.3f}" if len(last) else ""
+            lines.append(f"  {row.trial_id}  epoch {row.epochs_run}/{row.max_epochs}{current}")
+    if live and left:
+        lines.append(_eta(epochs, left, max(len(running), 1), asha))
+    return "\n".join(lines) + "\n"
+
+
+def _eta(epochs: pd.DataFrame, left: int, parallel: int, asha: bool) -> str:
+    seconds = pd.to_numeric(epochs.get("time/epoch_s", pd.Series(dtype=float))).median()
+    if pd.isna(seconds):
+        return "ETA: after the first epoch"
+    eta = left * float(seconds) / parallel
+    return (
+        f"ETA: {'at most ' if asha else ''}{_duration(eta)} ({left} epochs left at "
+        f"{seconds:.1f} s each, {parallel} trial(s) at a time)"
+    )
+
+
+def follow(
+    directory: Path,
+    *,
+    interval: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> Iterator[str]:
+    """Frames of :func:`render_status`, one every `interval` seconds, ending with the first
+    frame where no driver runs the study (completed, interrupted, or its driver killed)."""
+    while True:
+        study = read_study(directory)
+        live = is_live(study)
+        yield render_status(study, clock(), live=live)
+        if not live:
+            return
+        sleep(interval)
+
+
+class DashboardError(CifartuneError, RuntimeError):
+    """The dashboard cannot start (port in use, address not available)."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a browser's open connection does not keep the process alive
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("dashboard: " + format, *args)
+
+
+def serve_dashboard(
+    directory: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    storage_url: str | None = None,
+    ready: Callable[[str], None] = lambda url: None,
+) -> None:
+    """Serve optuna-dashboard on the study's Optuna mirror until SIGINT or SIGTERM; `ready`
+    gets the study's page URL once the port is bound. The mirror is brought up to date from
+    the Parquet files first, unless a running study is writing it."""
+    import optuna_dashboard
+
+    from .optuna_mirror import export_optuna, open_storage
+    from .signals import stop_like_ctrl_c
+
+    study = read_study(directory)
+    storage = open_storage(directory, storage_url)
+    mirrored = study.name in {s.study_name for s in storage.get_all_studies()}
+    if not mirrored or not is_live(study):
+        export_optuna(directory, storage_url)
+    study_id = storage.get_study_id_from_name(study.name)
+    try:
+        server = make_server(
+            host, port, optuna_dashboard.wsgi(storage), _Server, handler_class=_QuietHandler
+        )
+    except OSError as exc:
+        hint = "pass another --port" if exc.errno == errno.EADDRINUSE else "check --host"
+        raise DashboardError(f"--host {host} --port {port}: {exc.strerror}; {hint}") from None
+    previous = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    try:
+        ready(f"http://{host}:{server.server_port}/dashboard/studies/{study_id}")
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("dashboard stopped")
+    finally:
+        server.server_close()
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,188 @@
+"""Following a study: the terminal view (`status --watch`) and `cifartune dashboard`."""
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pandas as pd
+import pytest
+from filelock import FileLock
+
+from cifartune.follow import follow, render_status
+from cifartune.optuna_mirror import OptunaMirror
+from cifartune.results import LOCK_FILE, STUDY_FILE, read_study
+
+from .helpers import run_cli
+from .studies import wait_for
+from .test_optuna_mirror import asha_study, grid_study
+
+NOW = dt.datetime(2026, 1, 1, 0, 10, tzinfo=dt.UTC)  # fabricated studies start at 00:00
+
+
+def test_status_view_counts_trials_epochs_best_and_eta(tmp_path):
+    study = read_study(asha_study(tmp_path))
+    text = render_status(study, NOW, live=True)
+    assert text.startswith("study search [running]  started 2026-01-01 00:00 UTC, 10m 00s\n")
+    assert (
+        "trials: 8 planned | 2 completed, 2 early-stopped, 1 diverged, 1 error, 1 running, "
+        "1 pending" in text
+    )
+    # 16 epochs done; left: the running trial's 2 and the pending trial's 4 (worst case)
+    assert "epochs: 16 done / 22 planned at most (ASHA stops some early)" in text
+    # as in trials.parquet: a diverged trial's epochs before it diverged count
+    assert "best so far: val/top1 60.000 (trial t_00004, epoch 1) optim.lr=0.004642" in text
+    assert "  t_00006  epoch 2/4  val/top1 32.000" in text
+    seconds = study.epochs["time/epoch_s"].median()
+    eta = round(6 * seconds)  # 6 epochs left, one trial running at a time
+    assert f"ETA: at most {eta // 60}m {eta % 60:02d}s (6 epochs left" in text
+
+
+def test_status_view_of_a_finished_grid_study_has_no_eta(tmp_path):
+    study = read_study(grid_study(tmp_path))
+    text = render_status(study, NOW, live=False)
+    assert "[completed]" in text and "trials: 8 planned | 8 completed" in text
+    assert "epochs: 24 done / 24 planned  [" + "#" * 30 + "] 100%" in text
+    assert "variant=std optim.lr=0.1" in text and "ETA" not in text
+
+
+def test_follow_redraws_until_the_study_stops(tmp_path):
+    results = asha_study(tmp_path)
+    meta = json.loads((results / STUDY_FILE).read_text())
+    meta["host"] = socket.gethostname()  # a live driver on this host holds the lock
+    (results / STUDY_FILE).write_text(json.dumps(meta))
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        (results / STUDY_FILE).write_text(json.dumps({**meta, "state": "completed"}))
+
+    with FileLock(str(results / LOCK_FILE)):
+        frames = list(follow(results, interval=0.5, sleep=sleep, clock=lambda: NOW))
+    assert sleeps == [0.5] and len(frames) == 2
+    assert "[running]" in frames[0] and "ETA" in frames[0]
+    assert "[completed]" in frames[1] and "ETA" not in frames[1]
+
+
+def test_follow_stops_when_the_driver_is_gone(tmp_path):
+    frames = list(follow(asha_study(tmp_path), sleep=pytest.fail))  # no driver holds the lock
+    assert len(frames) == 1 and "[driver gone]" in frames[0]
+
+
+def test_status_watch_command_exits_0_when_the_study_is_over(tmp_path):
+    out = run_cli(["status", "--watch", str(grid_study(tmp_path)), "--interval", "0.1"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("\x1b[H\x1b[2Jstudy grid [completed]")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _page_text(url, profile):
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    dom = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+def start_dashboard(results, *extra):
+    """`cifartune dashboard` on a free port; returns the process and the study page's URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifartune", "dashboard", str(results), "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    line = process.stdout.readline()  # printed once the port is bound
+    match = re.search(r"(http://127\.0\.0\.1:\d+)(/dashboard/studies/\d+)", line)
+    if match is None:
+        process.kill()
+        raise AssertionError(f"no URL in {line!r}; stderr: {process.communicate()[1]}")
+    return process, match.group(1), match.group(1) + match.group(2)
+
+
+def stop_dashboard(process, signum=signal.SIGTERM):
+    process.send_signal(signum)
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
+def test_dashboard_serves_the_study_follows_new_epochs_and_stops_cleanly(tmp_path):
+    results = asha_study(tmp_path)  # no journal yet: the command builds it from Parquet
+    process, root, page = start_dashboard(results)
+    try:
+        (summary,) = _get(root + "/api/studies")["study_summaries"]
+        assert summary["study_name"] == "search" and summary["directions"] == ["maximize"]
+        detail = _get(f"{root}/api/studies/{summary['study_id']}")
+        states = pd.Series([t["state"] for t in detail["trials"]]).value_counts().to_dict()
+        assert states == {"Complete": 2, "Pruned": 2, "Fail": 2, "Running": 1, "Waiting": 1}
+        assert detail["best_trials"][0]["values"] == [53.0]
+
+        # The study goes on (another process writes the storage): the dashboard follows.
+        data = read_study(results)
+        row = data.trials.set_index("trial_id").loc["t_00006"].to_dict()
+        epochs = data.epochs[data.epochs["trial_id"] == "t_00006"]
+        extra = epochs.tail(1).assign(epoch=3, **{"val/top1": 70.0})
+        mirror = OptunaMirror(results, {"name": "search", **data.spec})
+        mirror.update(
+            {**row, "trial_id": "t_00006", "state": "TERMINATED", "stop_reason": "early-stopped"},
+            pd.concat([epochs, extra]),
+        )
+
+        def trial_6():
+            detail = _get(f"{root}/api/studies/{summary['study_id']}")
+            return next(t for t in detail["trials"] if t["number"] == 6)
+
+        wait_for(lambda: trial_6()["state"] == "Pruned", timeout=30)  # its cache lives 2 s
+        trial = trial_6()
+        assert trial["intermediate_values"][-1] == {"step": 3, "value": 70.0}
+
+        text = _page_text(page, tmp_path / "profile")
+        assert "search" in text and "Best Trial (number=2)" in text and "trial #6" in text
+        assert not re.search(r"error|failed to", text, re.I), text[:2000]
+    finally:
+        if process.poll() is None:
+            stop_dashboard(process)
+
+
+def test_dashboard_stops_with_ctrl_c_and_refuses_a_busy_port(tmp_path):
+    results = grid_study(tmp_path)
+    process, root, _ = start_dashboard(results)
+    try:
+        port = root.rsplit(":", 1)[1]
+        out = run_cli(["dashboard", str(results), "--port", port])
+        assert out.returncode == 2 and f"--port {port}" in out.stderr
+        assert "pass another --port" in out.stderr
+    finally:
+        stop_dashboard(process, signal.SIGINT)
