@@ -1,0 +1,72 @@
+"""Readable names for what the results store: config keys, values, trials, a study's fidelity."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..results import CONFIG_PREFIX, StudyData
+
+# Config keys as a reader says them (everything else: the key without its config/ prefix).
+KEY_NAMES = {
+    "optim.lr": "learning rate",
+    "optim.name": "optimizer",
+    "optim.weight_decay": "weight decay",
+    "optim.momentum": "momentum",
+    "batch_size": "batch size",
+    "model.dropout": "dropout",
+    "model.batchnorm": "batch norm",
+    "data.augment": "augmentation",
+    "data.normalize": "normalization",
+    "schedule.name": "lr schedule",
+    "epochs": "epochs",
+}
+# Keys whose values span decades: plotted on a log axis.
+LOG_KEYS = ("optim.lr", "optim.weight_decay", "data.zca_epsilon")
+STOP_NAMES = {
+    "completed": "completed",
+    "early-stopped": "stopped by ASHA",
+    "diverged": "diverged",
+    "error": "failed",
+}
+
+
+def short(key: str) -> str:
+    key = key.removeprefix(CONFIG_PREFIX)
+    return KEY_NAMES.get(key, key)
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def config_label(row: pd.Series, study: StudyData) -> str:
+    """A configuration's name: its variant and searched values (no seed)."""
+    parts = [str(row["variant"])] if study.has_variants() and row.get("variant") else []
+    parts += [f"{short(k)} {fmt(row[k])}" for k in study.factor_keys()]
+    return ", ".join(parts) or "the base configuration"
+
+
+def trial_labels(study: StudyData) -> pd.Series:
+    """A name per trial id: its configuration, then its seed when seeds vary."""
+    trials = study.trials.set_index("trial_id", drop=False)
+    seeds = trials["seed"].nunique() > 1
+
+    def label(row: pd.Series) -> str:
+        text = config_label(row, study)
+        return f"{text} (seed {row['seed']})" if seeds else text
+
+    return trials.apply(label, axis=1) if not trials.empty else pd.Series(dtype=str)
+
+
+def fidelity(study: StudyData) -> str:
+    """Training images, epochs and seeds per configuration, from the resolved spec."""
+    base = study.spec.get("base", {}) or {}
+    data = base.get("data", {}) or {}
+    images = data.get("train_subset")
+    images_text = f"{int(images):,} train images" if images else "all train images"
+    planned = pd.to_numeric(study.trials["max_epochs"], errors="coerce").dropna()
+    epochs = int(planned.max()) if len(planned) else base.get("epochs", "?")
+    seeds = int(study.spec.get("repeats", 1) or 1)
+    return f"{images_text}, {epochs} epochs, {seeds} seed{'s' if seeds > 1 else ''}"
