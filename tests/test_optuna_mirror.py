@@ -44,7 +44,7 @@ def asha_study(tmp_path):
         "t_00000": (sample(0), [30.0, 40.0, 45.0, 44.0], "TERMINATED", False),  # completed
         "t_00001": (sample(1), [20.0], "TERMINATED", False),  # early-stopped
         "t_00002": (sample(2), [35.0, 50.0, 52.0, 53.0], "TERMINATED", False),  # completed, best
-        "t_00003": (sample(3), [25.0, 30.0], "TERMINATED", False),  # early-stopped
+        "t_00003": (sample(3), [30.0, 25.0], "TERMINATED", False),  # early-stopped
         "t_00004": (sample(4), [60.0, 10.0], "TERMINATED", True),  # diverged
         "t_00005": (sample(5), [33.0], "ERROR", False),
         "t_00006": (sample(6), [31.0, 32.0], "RUNNING", False),
@@ -115,7 +115,7 @@ def test_rebuild_from_parquet_mirrors_every_trial(tmp_path):
     completed = data.trials[data.trials["stop_reason"] == "completed"]
     assert study.best_value == completed["best_metric"].max() == 53.0
     assert mirrored["t_00000"].value == 45.0  # the best epoch, not the last
-    assert mirrored["t_00003"].value == 30.0  # pruned: the last epoch, as Study.tell records
+    assert mirrored["t_00003"].value == 25.0  # pruned: the last epoch, as Study.tell records
     assert mirrored["t_00004"].value is None and mirrored["t_00004"].user_attrs["best_metric"] == 60
     assert isinstance(mirrored["t_00000"].distributions["optim.lr"], FloatDistribution)
     assert mirrored["t_00000"].distributions["optim.lr"].log
