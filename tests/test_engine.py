@@ -1,20 +1,47 @@
+import io
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from cifartune.config import DataConfig
-from cifartune.data import CifarArrays, load_bundled, to_device
-from cifartune.engine import build_run, fit, resolve_precision
+from cifartune import engine
+from cifartune.config import ConfigError, DataConfig
+from cifartune.data import CifarArrays, load_bundled, split_indices, to_device
+from cifartune.engine import (
+    build_run,
+    fit,
+    native_bf16,
+    resolve_precision,
+    train_one_epoch,
+)
 
 from .helpers import quick_config, synthetic_arrays
 
 TIMING = ("time/train_s", "time/epoch_s", "time/images_per_s")
+# What `precision` the engine tests run at: auto (this CPU's own choice) unless forced, e.g.
+# CIFARTUNE_TEST_PRECISION=bf16 shows on any CPU what a bf16-native CPU runs. Tests whose
+# thresholds depend on the numerics pin their precision instead.
+TEST_PRECISION = os.environ.get("CIFARTUNE_TEST_PRECISION", "auto")
+
+
+def config(**overrides):
+    return quick_config(**{"precision": TEST_PRECISION, **overrides})
 
 
 def without_timings(history):
     return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
+
+
+def round_trip(state):
+    """A checkpoint through torch.save / torch.load onto the CPU, as a real resume reads it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=False)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +50,9 @@ def bundled():
 
 
 def test_reports_every_epoch_with_the_stable_metric_names(bundled):
-    config = quick_config(epochs=2, eval_test=True, data__train_subset=200)
+    cfg = config(epochs=2, eval_test=True, data__train_subset=200)
     seen = []
-    result = fit(config, bundled, report=lambda m, state: seen.append((m, state)))
+    result = fit(cfg, bundled, report=lambda m, state: seen.append((m, state)))
     assert result.status == "completed"
     assert [m["epoch"] for m, _ in seen] == [1, 2]
     expected = {"epoch", "lr", "diverged", *TIMING, "init/loss", "init/top1", "init/top5"}
@@ -40,8 +67,7 @@ def test_reports_every_epoch_with_the_stable_metric_names(bundled):
 
 def test_first_epoch_loss_on_random_init_is_near_ln10(bundled):
     # With a tiny learning rate the network stays at its initialisation for the whole epoch.
-    config = quick_config(optim__lr=1e-6, data__train_subset=500)
-    result = fit(config, bundled)
+    result = fit(config(optim__lr=1e-6, data__train_subset=500), bundled)
     assert result.history[0]["init/loss"] == pytest.approx(math.log(10), abs=0.1)
     assert result.history[0]["train/loss"] == pytest.approx(math.log(10), abs=0.05)
     assert result.history[0]["val/top1"] == pytest.approx(10, abs=6)
@@ -49,28 +75,50 @@ def test_first_epoch_loss_on_random_init_is_near_ln10(bundled):
 
 
 def test_a_tiny_subset_can_be_overfit(bundled):
-    config = quick_config(
-        epochs=30, batch_size=25, data__train_subset=50, optim__name="adam", optim__lr=1e-3
+    cfg = quick_config(
+        precision="fp32",
+        epochs=30,
+        batch_size=25,
+        data__train_subset=50,
+        optim__name="adam",
+        optim__lr=1e-3,
     )
-    result = fit(config, bundled)
-    assert result.history[-1]["train/top1"] >= 98
-    assert result.history[-1]["train/loss"] < 0.1
+    # Training epochs only: scoring the validation split every epoch would triple the cost.
+    run = build_run(cfg, to_device(bundled, cfg.data, torch.device("cpu")))
+    for _ in range(cfg.epochs):
+        last = train_one_epoch(run)
+    assert last["train/top1"] >= 98
+    assert last["train/loss"] < 0.1
+
+
+def test_the_model_learns_above_chance_on_real_images(bundled):
+    # Real photographs, 200 stratified validation images: chance is 10% (+-2.1 points).
+    cfg = quick_config(
+        precision="fp32",
+        epochs=3,
+        batch_size=32,
+        data__train_subset=600,
+        data__normalize="standardize",
+        optim__name="adam",
+        optim__lr=2e-3,
+    )
+    history = fit(cfg, bundled).history
+    assert history[-1]["val/top1"] >= 20
+    assert history[-1]["train/loss"] < math.log(10) - 0.15
 
 
 def test_same_seed_same_run_and_other_seed_differs(bundled):
-    config = quick_config(
-        epochs=2, data__train_subset=200, data__augment="crop+flip", model__dropout=0.3
-    )
-    a = without_timings(fit(config, bundled).history)
-    b = without_timings(fit(config, bundled).history)
-    c = without_timings(fit(config.model_copy(update={"seed": 1}), bundled).history)
+    cfg = config(epochs=2, data__train_subset=200, data__augment="crop+flip", model__dropout=0.3)
+    a = without_timings(fit(cfg, bundled).history)
+    b = without_timings(fit(cfg, bundled).history)
+    c = without_timings(fit(cfg.model_copy(update={"seed": 1}), bundled).history)
     assert a == b
     assert a != c
 
 
 @pytest.mark.parametrize("schedule", ["exponential", "onecycle"])
 def test_resumed_run_matches_an_uninterrupted_one(bundled, schedule):
-    config = quick_config(
+    cfg = config(
         epochs=4,
         data__train_subset=200,
         data__augment="crop+flip+cutout",
@@ -80,83 +128,268 @@ def test_resumed_run_matches_an_uninterrupted_one(bundled, schedule):
         schedule__name=schedule,
     )
     states = {}
-    full = fit(config, bundled, report=lambda m, thunk: states.setdefault(m["epoch"], thunk()))
-    # Round-trip the epoch-2 checkpoint through torch.save as a real resume would.
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(states[2], buffer)
-    buffer.seek(0)
-    resumed = fit(config, bundled, resume=torch.load(buffer, weights_only=False))
+    full = fit(cfg, bundled, report=lambda m, thunk: states.setdefault(m["epoch"], thunk()))
+    resumed = fit(cfg, bundled, resume=round_trip(states[2]))
     assert without_timings(resumed.history) == without_timings(full.history)
     assert len(resumed.history) == 4
 
 
-def test_learning_rate_schedule_is_applied_per_epoch(bundled):
-    config = quick_config(
-        epochs=3, data__train_subset=100, schedule__name="exponential", schedule__gamma=0.5
+def test_a_checkpoint_from_another_device_type_resumes_reproducibly(bundled):
+    # What a CUDA checkpoint looks like once loaded with map_location=cpu: CPU tensors, but a
+    # Philox generator state (16 bytes) that a CPU generator cannot take, and fused kernels.
+    cfg = config(epochs=3, data__train_subset=100, data__augment="crop+flip", model__dropout=0.3)
+    states = {}
+    full = fit(cfg, bundled, report=lambda m, thunk: states.setdefault(m["epoch"], thunk()))
+    foreign = round_trip(states[1])
+    foreign["rng"].update(
+        device_type="cuda",
+        generator=torch.zeros(16, dtype=torch.uint8),
+        cuda=torch.zeros(16, dtype=torch.uint8),
     )
-    lrs = [m["lr"] for m in fit(config, bundled).history]
-    assert lrs == pytest.approx([0.1, 0.05, 0.025])
+    for group in foreign["optimizer"]["param_groups"]:
+        group["fused"] = True
+    a = fit(cfg, bundled, resume=foreign)
+    b = fit(cfg, bundled, resume=round_trip(foreign))
+    assert a.history[0] == full.history[0]  # the checkpoint's epoch is kept as it was
+    assert len(a.history) == 3 and a.status == "completed"
+    assert without_timings(a.history) == without_timings(b.history)  # reseeded from (seed, epoch)
+    assert not a.run.optimizer.param_groups[0]["fused"]  # our kernel choice, not the writer's
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"schedule__name": "constant"}, [0.1, 0.1, 0.1]),
+        ({"schedule__name": "exponential", "schedule__gamma": 0.5}, [0.1, 0.05, 0.025]),
+        (
+            {"schedule__name": "step", "schedule__step_size": 2, "schedule__gamma": 0.5},
+            [0.1, 0.1, 0.05],
+        ),
+        # 0.1 * (1 + cos(pi * epoch / 3)) / 2 for epochs 0, 1, 2
+        ({"schedule__name": "cosine"}, [0.1, 0.075, 0.025]),
+        ({"schedule__name": "cosine", "schedule__min_lr_ratio": 0.5}, [0.1, 0.0875, 0.0625]),
+    ],
+)
+def test_epoch_schedules_follow_their_learning_rate_trajectory(bundled, schedule, expected):
+    cfg = config(epochs=3, data__train_subset=20, data__val_size=20, **schedule)
+    history = fit(cfg, bundled).history
+    assert [m["lr"] for m in history] == pytest.approx(expected)
+
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
+
+
+def _steps(name, grad, steps=2, **overrides):
+    """`steps` optimizer steps (lr 0.1) on one parameter whose gradient is the constant `grad`."""
+    cfg = quick_config(optim__name=name, optim__lr=0.1, **overrides)
+    p = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    optimizer = engine.build_optimizer(cfg.optim, iter([p]), torch.device("cpu"))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (p * torch.tensor(grad, dtype=torch.float64)).sum().backward()
+        optimizer.step()
+    return p.detach()
+
+
+# Two steps from p0 = (1, -2) with lr 0.1 and constant gradient g = (0.5, -0.25), by hand:
+# SGD moves lr*g per step; heavy-ball momentum 0.9 moves lr*g then lr*1.9g; Nesterov
+# lr*1.9g then lr*(g + 0.9*1.9g); Adam(W)'s bias-corrected step is lr*sign(g) each time; RMSprop
+# (alpha 0.99) divides by sqrt(0.01 g^2) then sqrt(0.0199 g^2); Adagrad by |g| then sqrt(2)|g|.
+G = np.array([0.5, -0.25])
+P0 = np.array([1.0, -2.0])
+EXPECTED_TWO_STEPS = {
+    "sgd": P0 - 0.1 * 2 * G,
+    "momentum": P0 - 0.1 * 2.9 * G,
+    "nesterov": P0 - 0.1 * (1.9 + 2.71) * G,
+    "adam": P0 - 0.1 * 2 * np.sign(G),
+    "adamw": P0 - 0.1 * 2 * np.sign(G),
+    "rmsprop": P0 - 0.1 * (1 / math.sqrt(0.01) + 1 / math.sqrt(0.0199)) * np.sign(G),
+    "adagrad": P0 - 0.1 * (1 + 1 / math.sqrt(2)) * np.sign(G),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_each_optimizer_makes_its_own_update(name):
+    # abs 1e-5: the adaptive methods add eps (1e-8) to the denominator.
+    assert _steps(name, G.tolist()).numpy() == pytest.approx(EXPECTED_TWO_STEPS[name], abs=1e-5)
+
+
+def test_adamw_decays_weights_decoupled_and_adam_through_the_gradient():
+    # One step, zero gradient, weight decay 0.1: AdamW shrinks p by lr*wd; Adam's decay enters
+    # as a gradient wd*p, whose normalised first step is lr*sign(p).
+    adamw = _steps("adamw", [0.0, 0.0], steps=1, optim__weight_decay=0.1)
+    adam = _steps("adam", [0.0, 0.0], steps=1, optim__weight_decay=0.1)
+    assert adamw.numpy() == pytest.approx(P0 * 0.99)
+    assert adam.numpy() == pytest.approx(P0 - 0.1 * np.sign(P0), abs=1e-5)
+
+
+def test_explicit_momentum_is_used():
+    moved = _steps("sgd", G.tolist(), optim__momentum=0.5)  # lr*g, then lr*1.5g
+    assert moved.numpy() == pytest.approx(P0 - 0.1 * 2.5 * G)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_onecycle_keeps_each_optimizers_momentum_and_shapes_the_lr(name):
+    momentum = {"optim__momentum": 0.5} if name in ("sgd", "rmsprop") else {}
+    cfg = quick_config(optim__name=name, optim__lr=0.1, schedule__name="onecycle", **momentum)
+    p = nn.Parameter(torch.ones(3))
+    optimizer = engine.build_optimizer(cfg.optim, iter([p]), torch.device("cpu"))
+    scheduler = engine.build_scheduler(cfg.schedule, optimizer, epochs=4, steps_per_epoch=25)
+    group = optimizer.param_groups[0]
+    expected = {k: group[k] for k in ("momentum", "betas") if k in group}
+    expected_momentum = {"sgd": 0.5, "rmsprop": 0.5, "momentum": 0.9, "nesterov": 0.9}
+    if name in expected_momentum:
+        assert expected["momentum"] == expected_momentum[name]
+    if name in ("adam", "adamw"):
+        assert expected["betas"] == (0.9, 0.999)
+    lrs = []
+    for _ in range(100):
+        lrs.append(group["lr"])
+        p.grad = torch.ones(3)
+        optimizer.step()
+        scheduler.step()
+        assert {k: group[k] for k in expected} == expected
+    # lr/25 at the start, the configured lr after pct_start (25%) of the steps, then ~0.
+    assert lrs[0] == pytest.approx(0.1 / 25)
+    assert max(lrs) == pytest.approx(0.1) and 20 <= lrs.index(max(lrs)) <= 26
+    assert lrs[-1] < 0.1 / 1000
+
+
+def test_adagrad_with_onecycle_trains(bundled):
+    cfg = config(
+        data__train_subset=64,
+        data__val_size=20,
+        optim__name="adagrad",
+        optim__lr=0.01,
+        schedule__name="onecycle",
+    )
+    result = fit(cfg, bundled)
+    assert result.status == "completed" and math.isfinite(result.history[0]["train/loss"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_divergence_is_caught_inside_an_epoch(bundled, precision):
+    # 50 batches of 4 at lr 100: the loss explodes within the first DIVERGENCE_CHECK_EVERY (25)
+    # batches, and the check after batch 25 ends the epoch there.
+    assert engine.DIVERGENCE_CHECK_EVERY == 25
+    seen = []
+    cfg = quick_config(
+        precision=precision,
+        optim__lr=100.0,
+        batch_size=4,
+        data__train_subset=200,
+        data__val_size=20,
+    )
+    result = fit(cfg, bundled, progress=lambda done, total: seen.append(done))
+    assert result.status == "diverged" and result.history[-1]["diverged"] is True
+    assert seen[-1] == 25 * 4  # stopped at the first check, not at the end of the epoch (200)
 
 
 def test_diverging_run_ends_as_diverged_and_keeps_its_epochs(bundled):
-    config = quick_config(epochs=6, optim__lr=5.0, batch_size=128)
+    cfg = config(epochs=6, optim__lr=0.01, batch_size=8, data__train_subset=64, data__val_size=20)
+    states = {}
+    fit(cfg.model_copy(update={"epochs": 2}), bundled, report=lambda m, t: states.update(s=t()))
+    state = round_trip(states["s"])
+    # From epoch 3 on the run trains at lr 100 (both the optimizer's and the schedule's lr).
+    state["optimizer"]["param_groups"][0]["lr"] = 100.0
+    state["scheduler"]["base_lrs"] = [100.0]
     reported = []
-    result = fit(config, bundled, report=lambda m, _: reported.append(m))
+    result = fit(cfg, bundled, resume=state, report=lambda m, _: reported.append(m))
     assert result.status == "diverged"
-    assert len(result.history) < 6
-    assert reported == result.history
-    assert reported[-1]["diverged"] is True
-    assert all(m["diverged"] is False for m in reported[:-1])
-
-
-def test_every_optimizer_and_schedule_trains(bundled):
-    for name in ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"):
-        lr = 0.01 if name in ("sgd", "momentum", "nesterov", "adagrad") else 1e-3
-        for schedule in ("constant", "step", "cosine"):
-            config = quick_config(
-                epochs=1,
-                data__train_subset=50,
-                optim__name=name,
-                optim__lr=lr,
-                optim__weight_decay=1e-4,
-                schedule__name=schedule,
-            )
-            assert fit(config, bundled).status == "completed"
+    assert [m["epoch"] for m in result.history] == [1, 2, 3]
+    assert result.history[:2] == state["history"]  # the good epochs are kept
+    assert reported == result.history[2:]
+    assert [m["diverged"] for m in result.history] == [False, False, True]
+    # Resuming a diverged run trains nothing more.
+    again = fit(cfg, bundled, resume=round_trip(result.run.state_dict()))
+    assert again.status == "diverged" and len(again.history) == 3
 
 
 def test_normalizer_is_fitted_on_the_training_split_only():
+    # Training images: a 0/102 checkerboard (mean 0.2, std 0.2 in every channel, exactly);
+    # validation and test images are all 255, so any leak moves the statistics far away.
     arrays = synthetic_arrays(200, 50)
-    # Make validation and test images wildly different from training: statistics must ignore them.
-    bright = CifarArrays(
-        arrays.train_images,
+    data_cfg = DataConfig(val_size=50, normalize="standardize")
+    val = split_indices(arrays.train_labels, data_cfg).val
+    board = (np.indices((32, 32)).sum(0) % 2 * 102).astype(np.uint8)[:, :, None]
+    train_images = np.broadcast_to(board, arrays.train_images.shape).copy()
+    train_images[val] = 255
+    leaky = CifarArrays(
+        train_images,
         arrays.train_labels,
         np.full_like(arrays.test_images, 255),
         arrays.test_labels,
         "x",
     )
-    data = to_device(bright, DataConfig(val_size=50, normalize="standardize"), torch.device("cpu"))
+    data = to_device(leaky, data_cfg, torch.device("cpu"))
     run = build_run(quick_config(data__normalize="standardize", data__val_size=50), data)
-    train_mean = data.train_x.float().div(255).mean((0, 2, 3))
-    assert torch.allclose(run.normalizer.mean.flatten(), train_mean, atol=1e-4)
+    assert run.normalizer.mean.flatten().tolist() == pytest.approx([0.2] * 3, abs=1e-6)
+    assert run.normalizer.matrix.flatten().tolist() == pytest.approx([5.0] * 3, rel=1e-5)
 
 
-def test_auto_precision_is_fp32_on_a_cpu_without_native_bf16():
+def test_auto_precision_follows_native_bf16(monkeypatch):
     cpu = torch.device("cpu")
-    expected = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    assert resolve_precision("auto", cpu) == expected
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        assert native_bf16(cpu)
+    elif flags and "avx512" not in flags:  # AVX2-only: bf16 would be emulated
+        assert not native_bf16(cpu)
+    assert native_bf16(torch.device("cuda"))
     assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(engine, "native_bf16", lambda _device, n=native: n)
+        assert resolve_precision("auto", cpu) == expected
 
 
-def test_bf16_autocast_trains(bundled):
-    config = quick_config(epochs=1, data__train_subset=20, batch_size=10, precision="bf16")
-    assert fit(config, bundled).status == "completed"
+def _layer_outputs(cfg, arrays):
+    """The dtype and layout of every conv/linear input and output during one training epoch."""
+    data = to_device(arrays, cfg.data, torch.device("cpu"))
+    run = build_run(cfg, data)
+    seen = []
+
+    def hook(module, inputs, output):
+        seen.append((type(module).__name__, inputs[0], output))
+
+    for module in run.model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.register_forward_hook(hook)
+    train_one_epoch(run)
+    return run, seen
 
 
-@pytest.mark.gpu
-def test_cuda_run_keeps_data_on_the_gpu(bundled):
-    config = quick_config(device="cuda", epochs=1, data__train_subset=200)
-    result = fit(config, bundled)
-    assert result.run.data.train_x.is_cuda and result.status == "completed"
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_precision_sets_the_dtype_the_layers_compute_in(precision):
+    cfg = quick_config(precision=precision, batch_size=8, data__val_size=10)
+    _, seen = _layer_outputs(cfg, synthetic_arrays(18, 10))
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert len(seen) == 5
+    assert {output.dtype for _, _, output in seen} == {expected}
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_is_applied_to_the_model_and_its_input(channels_last):
+    cfg = quick_config(
+        precision="fp32", channels_last=channels_last, batch_size=8, data__val_size=10
+    )
+    run, seen = _layer_outputs(cfg, synthetic_arrays(18, 10))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    conv_inputs = [x for name, x, _ in seen if name == "Conv2d"]
+    assert conv_inputs and all(x.is_contiguous(memory_format=layout) for x in conv_inputs)
+    conv1 = run.model.features[0]
+    assert conv1.weight.is_contiguous(memory_format=layout)
+
+
+def test_bf16_and_fp32_runs_agree_within_a_tolerance(bundled):
+    common = {"epochs": 1, "batch_size": 32, "data__train_subset": 128, "data__val_size": 50}
+    fp32 = fit(quick_config(precision="fp32", optim__lr=0.05, **common), bundled).history[0]
+    bf16 = fit(quick_config(precision="bf16", optim__lr=0.05, **common), bundled).history[0]
+    assert bf16["train/loss"] != fp32["train/loss"]  # really computed differently
+    assert bf16["train/loss"] == pytest.approx(fp32["train/loss"], abs=0.05)
+    assert bf16["val/loss"] == pytest.approx(fp32["val/loss"], abs=0.05)
+
+
+def test_cuda_without_cuda_is_a_clear_error(bundled, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device = 'cuda': no CUDA device.*use device=cpu"):
+        fit(quick_config(device="cuda"), bundled)
