@@ -65,6 +65,21 @@ def test_device_tensors_are_uint8_nchw():
     assert data.train_y.dtype == torch.int64
 
 
+def test_device_tensors_put_each_pixel_at_its_channel_row_and_column():
+    # One lit value per test image at a known (row, column, channel) of the HWC array: NCHW
+    # must hold it at [channel, row, column] (a reshape instead of a permute scrambles it).
+    arrays = synthetic_arrays(n_train=20, n_test=3)
+    marks = [(0, 3, 5, 2), (1, 31, 0, 0), (2, 7, 30, 1)]  # image, row, column, channel
+    arrays.test_images[:] = 0
+    for image, row, col, channel in marks:
+        arrays.test_images[image, row, col, channel] = 200 + image
+    data = to_device(arrays, DataConfig(val_size=10), torch.device("cpu"))
+    assert int(data.test_x.count_nonzero()) == len(marks)
+    for image, row, col, channel in marks:
+        assert int(data.test_x[image, channel, row, col]) == 200 + image
+    assert data.test_y.tolist() == arrays.test_labels.tolist()
+
+
 def test_mirror_directory_round_trips(tmp_path):
     arrays = synthetic_arrays()
     loaded = load_mirror(write_mirror(tmp_path / "m", arrays))
