@@ -49,7 +49,6 @@ def test_config_is_frozen():
             ["data.augment=crop", "data.crop_size=28", "data.normalize=zca"],
             "needs data.crop_size=32",
         ),
-        (["data.source=mirror"], "needs data.dir"),
         (["optim.lr"], "expected key=value"),
         (["epochs.x=3"], r"epochs = \{'x': 3\}: Input should be a valid integer"),
     ],
@@ -97,3 +96,13 @@ def test_flatten_round_trips():
 @pytest.mark.parametrize("value", ["none", "", None, []])
 def test_no_augmentation_spellings(value):
     assert build_trial_config({"data": {"augment": value}}).data.augment == ()
+
+
+@pytest.mark.parametrize(
+    "optimizer", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
+)
+def test_every_optimizer_pairs_with_every_schedule(optimizer):
+    # One-cycle does not cycle momentum, so no pair needs a momentum the optimizer lacks.
+    for schedule in ("constant", "exponential", "step", "cosine", "onecycle"):
+        config = load_trial_config(None, [f"optim.name={optimizer}", f"schedule.name={schedule}"])
+        assert (config.optim.name, config.schedule.name) == (optimizer, schedule)
