@@ -186,3 +186,48 @@ def test_dashboard_stops_with_ctrl_c_and_refuses_a_busy_port(tmp_path):
         assert "pass another --port" in out.stderr
     finally:
         stop_dashboard(process, signal.SIGINT)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
+def test_dashboard_on_a_running_study(tmp_path):
+    """Acceptance: the dashboard serves a study's trials while the study runs on Ray."""
+    import optuna
+
+    from cifartune.optuna_mirror import open_storage
+
+    from .studies import TINY_BASE, start_study, write_spec
+
+    spec = write_spec(
+        tmp_path,
+        name="live",
+        base={**TINY_BASE, "epochs": 40},  # long enough to still run once the page is read
+        space={"optim.lr": [0.05, 0.01]},
+        resources={"cpus": 1, "max_concurrent": 1},
+    )
+    results = tmp_path / "r" / "live"
+    study = start_study(spec, tmp_path)
+    try:
+
+        def running_in_journal():
+            if not (results / "optuna.journal").exists():
+                return False
+            trials = optuna.load_study(study_name="live", storage=open_storage(results)).get_trials(
+                states=[optuna.trial.TrialState.RUNNING]
+            )
+            return bool(trials) and bool(trials[0].intermediate_values)
+
+        wait_for(running_in_journal, timeout=300)
+        process, root, page = start_dashboard(results)
+        try:
+            detail = _get(root + "/api/studies/0")
+            assert "Running" in {t["state"] for t in detail["trials"]}
+            text = _page_text(page, tmp_path / "profile")
+            assert "live" in text and "(running)" in text
+            assert not re.search(r"error|failed to", text, re.I), text[:2000]
+        finally:
+            stop_dashboard(process)
+        assert study.poll() is None, "the study ended before the dashboard was read"
+    finally:
+        study.send_signal(signal.SIGINT)
+        study.communicate(timeout=120)
