@@ -42,7 +42,7 @@ def tag(name: str, text: object, css: str = "") -> Html:
 def plain(value: object) -> str:
     """The reader's text of a cell or paragraph (markup dropped), for Markdown."""
     if isinstance(value, Html):
-        return html.unescape(re.sub(r"<[^>]+>", "", value))
+        return html.unescape(re.sub(r"<[^>]+>", "", value.replace("<br>", "; ")))
     return "–" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
