@@ -61,8 +61,11 @@ def draw_runs(
     stats = [estimate(values) for _, values in per_epoch]
     ax.plot(epochs, [s.mean for s in stats], style, color=color, lw=1.8, label=label)
     if runs >= MIN_FOR_INTERVAL:
-        low = [s.low if s.has_interval else s.mean for s in stats]
-        high = [s.high if s.has_interval else s.mean for s in stats]
+        # Epochs that fewer seeds reached (one diverged, say) get no band: at n = 2 it is
+        # 12.7 standard errors wide.
+        shown = [s.has_interval and s.n >= MIN_FOR_INTERVAL for s in stats]
+        low = [s.low if ok else s.mean for s, ok in zip(stats, shown, strict=True)]
+        high = [s.high if ok else s.mean for s, ok in zip(stats, shown, strict=True)]
         ax.fill_between(epochs, low, high, color=color, alpha=0.15, lw=0)
 
 
