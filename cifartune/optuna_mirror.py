@@ -210,7 +210,13 @@ class OptunaMirror:
         if row["state"] == "PENDING":
             return TrialState.WAITING
         if row["state"] in ("TERMINATED", "ERROR"):
-            return FINAL_STATES[str(row["stop_reason"])]
+            reason = str(row["stop_reason"])
+            if reason not in FINAL_STATES:
+                raise MirrorError(
+                    f"trial {row['trial_id']}: stop_reason = {reason!r} with state "
+                    f"{row['state']}; the mirror knows {', '.join(FINAL_STATES)}"
+                )
+            return FINAL_STATES[reason]
         return TrialState.RUNNING  # RUNNING, INTERRUPTED (resumed later), PAUSED
 
     def _steps(self, epochs: pd.DataFrame) -> dict[int, float]:

@@ -52,6 +52,16 @@ def test_status_view_of_a_finished_grid_study_has_no_eta(tmp_path):
     assert "variant=std optim.lr=0.1" in text and "ETA" not in text
 
 
+def test_status_view_before_any_trial_reported(tmp_path):
+    results = grid_study(tmp_path)
+    shutil.rmtree(results / "epochs")
+    (results / "trials.parquet").unlink()
+    text = render_status(read_study(results), NOW, live=True)
+    assert "trials: 8 planned | 8 not started" in text
+    assert "epochs: 0 done / 24 planned  [" + "." * 30 + "] 0%" in text
+    assert "ETA: after the first epoch" in text and "best so far" not in text
+
+
 def test_follow_redraws_until_the_study_stops(tmp_path):
     results = asha_study(tmp_path)
     meta = json.loads((results / STUDY_FILE).read_text())

@@ -218,6 +218,14 @@ def test_a_value_outside_the_space_names_the_trial(tmp_path):
         OptunaMirror(results, {"name": "grid", **data.spec}).update(row, data.epochs.iloc[:0])
 
 
+def test_an_unknown_stop_reason_is_an_error_not_a_guess(tmp_path):
+    results = grid_study(tmp_path)
+    data = read_study(results)
+    row = data.trials.iloc[0].to_dict() | {"stop_reason": "paused"}
+    with pytest.raises(MirrorError, match=r"trial g_00000: stop_reason = 'paused'"):
+        OptunaMirror(results, {"name": "grid", **data.spec}).update(row, data.epochs.iloc[:0])
+
+
 def test_export_optuna_command_prints_how_to_open_it(tmp_path):
     results = grid_study(tmp_path)
     out = run_cli(["export-optuna", str(results)])
