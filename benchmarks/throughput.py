@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from cifartune.config import build_trial_config
-from cifartune.data import CifarArrays, load_arrays, to_device
+from cifartune.data import CifarArrays, load_bundled, load_mirror, to_device
 from cifartune.engine import build_run, resolve_device, resolve_precision, train_one_epoch
 from cifartune.model import SeedNet
 
@@ -67,9 +67,21 @@ def reference_epoch(
     return seen / (time.perf_counter() - start)
 
 
+def load_data(data_dir: str | None) -> CifarArrays:
+    """A CIFAR-10 mirror directory (train.npz/test.npz), else the bundled slice."""
+    return load_mirror(data_dir) if data_dir else load_bundled()
+
+
 def measure_reference(
-    arrays: CifarArrays, args: argparse.Namespace, device: torch.device
+    arrays: CifarArrays,
+    *,
+    images: int,
+    batch_size: int,
+    repeats: int,
+    workers: int,
+    device: torch.device,
 ) -> list[float]:
+    """Images/s of `repeats` epochs of the usual loop, after one warm-up epoch."""
     transform = transforms.Compose(
         [
             transforms.RandomCrop(32, padding=4),
@@ -78,44 +90,51 @@ def measure_reference(
             transforms.Normalize(MEAN, STD),
         ]
     )
-    dataset = PilCifar(
-        arrays.train_images[: args.images], arrays.train_labels[: args.images], transform
-    )
+    dataset = PilCifar(arrays.train_images[:images], arrays.train_labels[:images], transform)
     loader = DataLoader(
         dataset,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         shuffle=True,
-        num_workers=args.workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
+        persistent_workers=workers > 0,
     )
     torch.manual_seed(0)
     model = SeedNet().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     reference_epoch(loader, model, optimizer, device)  # warm-up (worker start, allocator)
-    return [reference_epoch(loader, model, optimizer, device) for _ in range(args.repeats)]
+    return [reference_epoch(loader, model, optimizer, device) for _ in range(repeats)]
 
 
 def measure_engine(
-    arrays: CifarArrays, args: argparse.Namespace, device: torch.device, precision: str
+    arrays: CifarArrays,
+    *,
+    images: int,
+    batch_size: int,
+    repeats: int,
+    device: torch.device,
+    precision: str,
+    channels_last: bool = True,
 ) -> list[float]:
+    """Images/s of `repeats` training epochs of the engine, after one warm-up epoch."""
     config = build_trial_config(
         {},
         {
-            "batch_size": args.batch_size,
+            "batch_size": batch_size,
             "precision": precision,
-            "channels_last": args.channels_last,
+            "channels_last": channels_last,
+            "data.source": "bundled",  # unused: the arrays are given; keeps validation offline
             "data.augment": "crop+flip",
             "data.normalize": "standardize",
             "data.val_size": 10,
-            "data.train_subset": args.images,
+            "data.train_subset": images,
             "optim.name": "momentum",
             "optim.lr": 0.01,
         },
     )
     run = build_run(config, to_device(arrays, config.data, device))
     train_one_epoch(run)  # warm-up
-    return [train_one_epoch(run)["time/images_per_s"] for _ in range(args.repeats)]
+    return [train_one_epoch(run)["time/images_per_s"] for _ in range(repeats)]
 
 
 def main() -> None:
@@ -137,18 +156,24 @@ def main() -> None:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    data_config = build_trial_config({}, {"data.dir": args.data_dir} if args.data_dir else {}).data
-    arrays = load_arrays(data_config)
+    arrays = load_data(args.data_dir)
+    sizes = {"images": args.images, "batch_size": args.batch_size, "repeats": args.repeats}
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, {args.images} images/epoch, "
         f"batch {args.batch_size}, median of {args.repeats} epochs"
     )
     # The engine goes first so the reference's worker processes cannot steal its cores.
     engines = {
-        p: statistics.median(measure_engine(arrays, args, device, p))
+        p: statistics.median(
+            measure_engine(
+                arrays, **sizes, device=device, precision=p, channels_last=args.channels_last
+            )
+        )
         for p in args.precision or ["auto"]
     }
-    reference = statistics.median(measure_reference(arrays, args, device))
+    reference = statistics.median(
+        measure_reference(arrays, **sizes, workers=args.workers, device=device)
+    )
     print(
         f"{'reference (PIL transforms + DataLoader x' + str(args.workers) + ', fp32 NCHW)':<52}: "
         f"{reference:8.1f} img/s"
