@@ -179,12 +179,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .config import read_yaml
+    import yaml
+
     from .results import SPEC_FILE, read_study
     from .spec import LOCATION_KEYS, build_spec
 
-    directory: Path = args.results.expanduser().resolve()
-    read_study(directory)  # a clear error for a path that is not a study
+    directory = read_study(args.results).directory  # a clear error for what is not a study
     for override in args.overrides:
         key = override.partition("=")[0].strip().removeprefix("base.")
         if key not in LOCATION_KEYS:
@@ -193,9 +193,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 f"({', '.join('base.' + k for k in LOCATION_KEYS)}); to change what is trained, "
                 "run a new study"
             )
-    spec = build_spec(read_yaml(directory / SPEC_FILE), args.overrides)
+    spec = build_spec(yaml.safe_load((directory / SPEC_FILE).read_text()), args.overrides)
     # The stored spec names the study; its parent is the storage, wherever it has moved to.
-    args.storage = directory.parent
+    args.storage = directory.parent.uri
     if spec.name != directory.name:
         raise ConfigError(f"{directory}: holds study {spec.name!r}; pass its own directory")
     return _run(spec, args, resume=True)
@@ -232,12 +232,12 @@ def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
     return 0
 
 
-def _print_summary(directory: Path) -> None:
+def _print_summary(where: Any) -> None:
     from .results import read_study
     from .study import describe_driver, driver_gone, lock_is_free
 
-    study = read_study(directory)
-    meta, trials = study.meta, study.trials
+    study = read_study(where)
+    directory, meta, trials = study.directory, study.meta, study.trials
     state = str(meta.get("state"))
     if driver_gone(meta, lock_free=lock_is_free(directory)):
         state = f"interrupted: its {describe_driver(meta)} is gone"
@@ -373,13 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study")
     run.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
-    run.add_argument("--storage", type=Path, help="results root (default: the spec's storage)")
+    run.add_argument(
+        "--storage", help="results root, a directory or URI (default: the spec's storage)"
+    )
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser(
         "resume", help="continue an interrupted study from its results directory"
     )
-    resume.add_argument("results", type=Path, help="the study's results directory")
+    resume.add_argument("results", help="the study's results directory (path or URI)")
     errored = resume.add_mutually_exclusive_group()
     errored.add_argument(
         "--skip-errored",
@@ -405,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.set_defaults(func=cmd_resume, restart_errored=False)
 
     status = sub.add_parser("status", help="summarize a running or finished study")
-    status.add_argument("results", type=Path, help="the study's results directory")
+    status.add_argument("results", help="the study's results directory (path or URI)")
     status.add_argument("--watch", action="store_true", help="redraw until the study stops")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws")
     status.set_defaults(func=cmd_status)
@@ -425,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.set_defaults(func=cmd_dashboard)
 
     report = sub.add_parser("report", help="HTML + Markdown report of one or several studies")
-    report.add_argument("results", type=Path, nargs="+", help="study results directories")
+    report.add_argument("results", nargs="+", help="study results directories (paths or URIs)")
     report.add_argument("--out", type=Path, help="output directory (default reports/<study>)")
     report.add_argument("--title", help="report title")
     report.set_defaults(func=cmd_report)

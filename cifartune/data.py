@@ -11,13 +11,14 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from .config import DataConfig
 from .errors import DataError
+from .storage import Location, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,9 @@ def _parse_npz(
         ) from None
 
 
-def is_uri(location: str) -> bool:
-    return "://" in location
-
-
-def _object_store(uri: str) -> tuple[Any, str]:
-    """The pyarrow filesystem and path of `uri` (S3-compatible endpoints via AWS_ENDPOINT_URL)."""
-    from pyarrow import fs
-
+def _object(uri: str) -> Location:
     try:
-        return fs.FileSystem.from_uri(uri)
+        return Location.of(uri)
     except (ValueError, OSError) as exc:
         raise DataError(f"data.dir = {uri!r}: cannot open this URI: {exc}") from None
 
@@ -109,13 +103,11 @@ def load_mirror(location: str | Path) -> CifarArrays:
     text = str(location)
     parts = {}
     if is_uri(text):
-        filesystem, root = _object_store(text)
         for split in ("train", "test"):
             where = f"{text.rstrip('/')}/{split}.npz"
             try:
-                with filesystem.open_input_file(f"{root.rstrip('/')}/{split}.npz") as handle:
-                    payload = io.BytesIO(handle.read())
-            except (OSError, FileNotFoundError) as exc:
+                payload = (_object(text) / f"{split}.npz").open_for_reading()
+            except OSError as exc:
                 raise DataError(f"{where}: cannot read ({exc}); expected {MIRROR_LAYOUT}") from None
             images, labels = _parse_npz(payload, where)
             parts[split] = _check_arrays(images, labels, where)
@@ -188,14 +180,10 @@ class DataSource:
 
 def _has_mirror(location: str) -> bool:
     if is_uri(location):
-        from pyarrow import fs
-
-        filesystem, root = _object_store(location)
         try:
-            info = filesystem.get_file_info(f"{root.rstrip('/')}/train.npz")
+            return (_object(location) / "train.npz").is_file()
         except OSError as exc:
             raise DataError(f"data.dir = {location!r}: cannot reach it: {exc}") from None
-        return bool(info.type == fs.FileType.File)
     return (Path(location).expanduser() / "train.npz").is_file()
 
 

@@ -1,15 +1,14 @@
 """Tidy Parquet results: one row per trial-epoch, ``config/*`` columns beside the metrics.
 
-Files are written whole to a temporary name and renamed into place, so a reader never sees a
-half-written file and a crash loses at most the epoch in flight. Readers need only pandas/pyarrow.
+Files are replaced whole (see :mod:`cifartune.storage`: a local directory or an object store),
+so a reader never sees a half-written file and a crash loses at most the epoch in flight.
+Readers need only pandas/pyarrow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,34 +19,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import StudyDirError
+from .storage import Location
 
 log = logging.getLogger(__name__)
 CONFIG_PREFIX = "config/"
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_write_bytes(path: Path | Location, payload: bytes) -> None:
+    Location.of(path).write_bytes(payload)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path | Location, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
+def write_table(frame: pd.DataFrame, path: Path | Location) -> None:
     """Write `frame` as one Parquet file, atomically."""
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_table(path: Path | Location) -> pd.DataFrame:
+    return pd.read_parquet(Location.of(path).open_for_reading())
+
+
+def read_optional_table(path: Path | Location) -> pd.DataFrame:
+    location = Location.of(path)
+    return read_table(location) if location.is_file() else pd.DataFrame()
 
 
 def epoch_rows(
@@ -70,12 +69,12 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def read_parquet_dir(directory: Path) -> pd.DataFrame:
-    """All ``*.parquet`` files under `directory` (skipping temporaries) as one frame."""
-    files = sorted(p for p in directory.rglob("*.parquet") if not p.name.startswith("."))
+def read_parquet_dir(directory: Path | Location) -> pd.DataFrame:
+    """All ``*.parquet`` files in `directory` (skipping temporaries) as one frame."""
+    files = sorted(Location.of(directory).files(".parquet"), key=lambda f: f.name)
     if not files:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    return pd.concat([read_table(f) for f in files], ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,9 +142,15 @@ class StudyRecorder:
     """
 
     def __init__(
-        self, directory: Path, resolve: Any, metric: str, mode: str, cpus: float, gpus: float
+        self,
+        directory: Path | Location,
+        resolve: Any,
+        metric: str,
+        mode: str,
+        cpus: float,
+        gpus: float,
     ):
-        self.directory = directory
+        self.directory = directory = Location.of(directory)
         self.resolve = resolve  # sample -> flat trial config (dict)
         self.metric, self.mode = metric, mode
         self.cpus, self.gpus = cpus, gpus
@@ -155,23 +160,20 @@ class StudyRecorder:
         # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
         # complete (here or before a resume, per the trial table) are finished.
         self._finished: set[str] = set()
-        table = directory / TRIALS_FILE
-        if table.exists():
-            previous = pd.read_parquet(table)
+        previous = read_optional_table(directory / TRIALS_FILE)
+        if not previous.empty:
             self._finished = set(previous.loc[previous["state"] == "TERMINATED", "trial_id"])
             self._retries = dict(zip(previous["trial_id"], previous["retries"], strict=True))
 
     def trial_epochs(self, trial_id: str) -> pd.DataFrame:
         """The trial's epoch rows as its process last wrote them (re-read when they change)."""
         path = self.directory / EPOCHS_DIR / f"{trial_id}.parquet"
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
+        stamp = path.stamp()
+        if stamp is None:
             return pd.DataFrame()
-        stamp = (stat.st_mtime_ns, stat.st_size)
         cached = self._epochs.get(trial_id)
         if cached is None or cached[0] != stamp:
-            cached = (stamp, pd.read_parquet(path))
+            cached = (stamp, read_table(path))
             self._epochs[trial_id] = cached
         return cached[1]
 
@@ -252,7 +254,7 @@ def summarize_epochs(
 class StudyData:
     """Everything a study wrote, read back with pandas only (no Ray, no GPU)."""
 
-    directory: Path
+    directory: Location
     meta: dict[str, Any]
     spec: dict[str, Any]
     epochs: pd.DataFrame
@@ -285,14 +287,16 @@ class StudyData:
         return bool(self.spec.get("variants")) and "variant" in self.trials
 
 
-def read_study(directory: Path) -> StudyData:
-    """Load a study results directory, or raise StudyDirError saying what is missing."""
+def read_study(where: Path | str | Location) -> StudyData:
+    """Load a study results directory (a path or URI), or raise StudyDirError saying what is
+    missing."""
     import yaml
 
+    directory = Location.of(where)
     meta_path = directory / STUDY_FILE
-    if not directory.is_dir():
-        raise StudyDirError(f"{directory}: no such directory")
     if not meta_path.is_file():
+        if not directory.is_dir():
+            raise StudyDirError(f"{directory}: no such directory")
         raise StudyDirError(
             f"{directory}: not a cifartune study results directory (no {STUDY_FILE}); "
             "pass the directory `cifartune run` printed, e.g. results/<study name>"
@@ -302,17 +306,13 @@ def read_study(directory: Path) -> StudyData:
     except json.JSONDecodeError as exc:
         raise StudyDirError(f"{meta_path}: unreadable ({exc})") from None
     spec_path = directory / SPEC_FILE
-    spec = yaml.safe_load(spec_path.read_text()) if spec_path.exists() else {}
-
-    def optional(name: str) -> pd.DataFrame:
-        path = directory / name
-        return pd.read_parquet(path) if path.exists() else pd.DataFrame()
-
+    spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else {}
     epochs = read_parquet_dir(directory / EPOCHS_DIR)
     if epochs.empty:  # a study that has not reported yet still has the columns readers use
         epochs = pd.DataFrame(columns=["trial_id", "group", "variant", "seed", *ENGINE_METRICS])
     epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)
-    trials = optional(TRIALS_FILE)
+    trials = read_optional_table(directory / TRIALS_FILE)
     if trials.empty:
         trials = pd.DataFrame(columns=TRIAL_COLUMNS)
-    return StudyData(directory, meta, spec or {}, epochs, trials, optional(TEST_FILE))
+    test = read_optional_table(directory / TEST_FILE)
+    return StudyData(directory, meta, spec or {}, epochs, trials, test)

@@ -133,7 +133,7 @@ class StudySpec(Section):
     mode: Literal["max", "min"] | None = None
     repeats: int = Field(1, ge=1, le=1000, description="seeds per configuration")
     resources: ResourcesSpec = ResourcesSpec()
-    storage: Path = Path("results")
+    storage: str = Field("results", description="results root: a directory or a URI (s3://...)")
     checkpoint: CheckpointSpec = CheckpointSpec()
     retries: int = Field(2, ge=0, le=100, description="restarts of a failed trial")
     test_best: int = Field(1, ge=0, description="best configurations scored on the test set")

@@ -8,17 +8,16 @@ import json
 import logging
 import os
 import platform
-import shutil
 import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from .cluster import check_trials_fit
 from .config import ConfigError
 from .data import CifarArrays, describe_source, load_arrays, to_device
 from .results import (
@@ -30,10 +29,12 @@ from .results import (
     TEST_FILE,
     TRIALS_FILE,
     atomic_write_text,
+    read_optional_table,
     write_table,
 )
 from .signals import stop_on_sigterm
 from .spec import StudySpec, spec_hash, trial_config, trial_count
+from .storage import Location
 from .trial_store import BEST, checkpoint_dir, discard_trial_files, load_state, set_aside_orphans
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,19 @@ STALE_AFTER_S = 4 * HEARTBEAT_S
 
 @dataclass(frozen=True)
 class StudyOutcome:
-    directory: Path
+    directory: Location
     state: str  # completed | interrupted
     trials: pd.DataFrame
     test: pd.DataFrame
     already_completed: bool = False  # resumed a completed study: nothing ran
 
 
-def study_directory(spec: StudySpec, storage: Path | None = None) -> Path:
-    return ((storage or spec.storage) / spec.name).expanduser().resolve()
+def study_directory(spec: StudySpec, storage: str | None = None) -> Location:
+    """``<storage>/<name>``: a local directory or an object-store URI (see ``storage``)."""
+    try:
+        return Location.of(storage or spec.storage) / spec.name
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"storage = {storage or spec.storage!r}: {exc}") from None
 
 
 def environment() -> dict[str, Any]:
@@ -85,10 +90,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _check_writable(directory: Path) -> None:
+def _check_writable(directory: Location) -> None:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-probe"
+        directory.mkdir()
+        probe = directory / "write-probe"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -104,7 +109,7 @@ class StudyMetadata:
     While a driver runs, a thread refreshes the heartbeat every HEARTBEAT_S seconds, so a study
     whose driver died (SIGKILL, power loss) is told apart from one that is running."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Location):
         self.path = directory / STUDY_FILE
         self.data: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -112,7 +117,7 @@ class StudyMetadata:
         self._thread: threading.Thread | None = None
 
     def read(self) -> dict[str, Any] | None:
-        return json.loads(self.path.read_text()) if self.path.exists() else None
+        return json.loads(self.path.read_text()) if self.path.is_file() else None
 
     def write(self, **updates: Any) -> None:
         with self._lock:
@@ -133,12 +138,13 @@ class StudyMetadata:
             self._thread.join()
 
 
-def driver_gone(meta: Mapping[str, Any], *, lock_free: bool) -> bool:
-    """Whether a study marked running has lost its driver: on this host its lock is free (the
-    OS releases it when the process dies); elsewhere its heartbeat has stopped."""
+def driver_gone(meta: Mapping[str, Any], *, lock_free: bool | None) -> bool:
+    """Whether a study marked running has lost its driver: on this host its file lock is free
+    (the OS releases it when the process dies); elsewhere, or in an object store (no file
+    lock, `lock_free` None), its heartbeat has stopped."""
     if meta.get("state") != "running":
         return False
-    if meta.get("host") == socket.gethostname():
+    if lock_free is not None and meta.get("host") == socket.gethostname():
         return lock_free
     beat = meta.get("heartbeat")
     if not beat:
@@ -147,14 +153,17 @@ def driver_gone(meta: Mapping[str, Any], *, lock_free: bool) -> bool:
     return age.total_seconds() > STALE_AFTER_S
 
 
-def lock_is_free(directory: Path) -> bool:
-    """Whether no driver on this host holds the study's lock (taken and released at once)."""
+def lock_is_free(directory: Location) -> bool | None:
+    """Whether no driver on this host holds the study's file lock (taken and released at once);
+    None in an object store, which has no file locks (the heartbeat decides there)."""
     from filelock import FileLock, Timeout
 
+    if not directory.local:
+        return None
     if not (directory / LOCK_FILE).exists():
         return True
     try:
-        with FileLock(str(directory / LOCK_FILE), timeout=0):
+        with FileLock(str((directory / LOCK_FILE).local_path), timeout=0):
             return True
     except Timeout:
         return False
@@ -167,10 +176,10 @@ def describe_driver(meta: Mapping[str, Any]) -> str:
     )
 
 
-def _claim(directory: Path, spec: StudySpec, resume: bool) -> dict[str, Any] | None:
+def _claim(directory: Location, spec: StudySpec, resume: bool) -> dict[str, Any] | None:
     """Refuse to mix two studies in one directory; return the earlier metadata when resuming.
-    Called with the directory's lock held, so a 'running' study found here has no live driver
-    on this host."""
+    Called with the directory's file lock held (local storage), so a 'running' study found
+    there has no live driver on this host; in an object store the heartbeat tells."""
     previous = StudyMetadata(directory).read()
     digest = spec_hash(spec)
     if previous is None:
@@ -182,10 +191,12 @@ def _claim(directory: Path, spec: StudySpec, resume: bool) -> dict[str, Any] | N
             f"{directory} holds study {previous.get('name')!r} made from another spec "
             f"(hash {previous.get('spec_hash')} != {digest}); use another --storage or study name"
         )
-    if previous.get("state") == "running" and not driver_gone(previous, lock_free=True):
+    lock_free = True if directory.local else None
+    if previous.get("state") == "running" and not driver_gone(previous, lock_free=lock_free):
         raise ConfigError(
             f"{directory}: the study is running ({describe_driver(previous)}); follow it with: "
-            f"cifartune status {directory}"
+            f"cifartune status {directory} (a driver that died is taken for dead "
+            f"{STALE_AFTER_S:.0f} s after its last heartbeat)"
         )
     if not resume and previous.get("state") != "completed":
         stale = " (its driver is gone)" if previous.get("state") == "running" else ""
@@ -238,7 +249,7 @@ def _init_ray(address: str | None, verbose: bool) -> None:
         stop_on_sigterm()
 
 
-def _warn_if_results_not_shared(directory: Path) -> None:
+def _warn_if_results_not_shared(directory: Location) -> None:
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -257,7 +268,7 @@ def run_study(
     *,
     address: str | None = None,
     resume: bool = False,
-    storage: Path | None = None,
+    storage: str | None = None,
     verbose: bool = False,
     restart_errored: bool = False,
 ) -> StudyOutcome:
@@ -273,9 +284,12 @@ def run_study(
     describe_source(trial_config(spec, {}).data)
     fresh = not directory.exists()
     _check_writable(directory)
-    lock = FileLock(str(directory / LOCK_FILE))
+    # One driver per study: a file lock on a local disk; in an object store, which has none,
+    # the claim below refuses a study whose driver's heartbeat is fresh.
+    lock = FileLock(str((directory / LOCK_FILE).local_path)) if directory.local else None
     try:
-        lock.acquire(timeout=0)
+        if lock is not None:
+            lock.acquire(timeout=0)
     except Timeout:
         raise ConfigError(
             f"{directory} is in use by another cifartune run; wait for it or use another --storage"
@@ -285,20 +299,21 @@ def run_study(
     try:
         return _run_locked(spec, directory, metadata, address, resume, verbose, restart_errored)
     except BaseException:
-        failed_before_trials = fresh and not any((directory / EPOCHS_DIR).glob("*.parquet"))
+        failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(".parquet"))
         if metadata.data and not failed_before_trials:
             metadata.write(state="interrupted", finished=_now())
         raise
     finally:
         metadata.stop_heartbeat()
-        lock.release()
+        if lock is not None:
+            lock.release()
         if failed_before_trials:
-            shutil.rmtree(directory, ignore_errors=True)
+            directory.rmtree()
 
 
 def _run_locked(
     spec: StudySpec,
-    directory: Path,
+    directory: Location,
     metadata: StudyMetadata,
     address: str | None,
     resume: bool,
@@ -332,17 +347,18 @@ def _run_locked(
     arrays = load_arrays(trial_config(spec, {}).data)
     _init_ray(address, verbose)
     _warn_if_results_not_shared(directory)
+    check_trials_fit(spec.resources.cpus, spec.resources.gpus)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
     ray_dir = directory / RAY_DIR
-    if previous is not None and tune.Tuner.can_restore(str(ray_dir)):
+    if previous is not None and tune.Tuner.can_restore(ray_dir.uri):
         if restart_errored:
             for trial_id in _errored_trials(directory):
                 discard_trial_files(directory, trial_id)
         tuner = tune.Tuner.restore(
-            str(ray_dir),
+            ray_dir.uri,
             trainable,
             resume_unfinished=True,
             resume_errored=False,
@@ -351,7 +367,7 @@ def _run_locked(
     else:
         # Killed before Ray's first snapshot: no trial can be resumed under its id.
         set_aside_orphans(directory, set())
-        (directory / TRIALS_FILE).unlink(missing_ok=True)
+        (directory / TRIALS_FILE).unlink()
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(spec),
@@ -364,7 +380,7 @@ def _run_locked(
             ),
             run_config=tune.RunConfig(
                 name=RAY_DIR,
-                storage_path=str(directory),
+                storage_path=directory.uri,
                 callbacks=[StudyCallback(directory, spec)],
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
                 verbose=0,
@@ -385,18 +401,17 @@ def _run_locked(
     return StudyOutcome(directory, state, trials, test)
 
 
-def _read_trials(directory: Path) -> pd.DataFrame:
-    path = directory / TRIALS_FILE
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+def _read_trials(directory: Location) -> pd.DataFrame:
+    return read_optional_table(directory / TRIALS_FILE)
 
 
-def _errored_trials(directory: Path) -> list[str]:
+def _errored_trials(directory: Location) -> list[str]:
     trials = _read_trials(directory)
     return [] if trials.empty else trials.loc[trials["state"] == "ERROR", "trial_id"].tolist()
 
 
 def score_best_on_test(
-    spec: StudySpec, arrays: CifarArrays, trials: pd.DataFrame, directory: Path
+    spec: StudySpec, arrays: CifarArrays, trials: pd.DataFrame, directory: Location
 ) -> pd.DataFrame:
     """Score each repeat of the `spec.test_best` best configurations once on the test set, from
     its best-validation checkpoint (``best.pt``, saved whenever the metric improved). Ranking

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .results import EPOCHS_DIR, atomic_write_bytes, epoch_rows, write_table
+from .results import EPOCHS_DIR, epoch_rows, read_optional_table, write_table
+from .storage import Location
 
 log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
@@ -34,23 +34,24 @@ BEST = "best.pt"
 ORPHANED_DIR = "orphaned"
 
 
-def epochs_path(directory: Path, trial_id: str) -> Path:
+def epochs_path(directory: Location, trial_id: str) -> Location:
     return directory / EPOCHS_DIR / f"{trial_id}.parquet"
 
 
-def checkpoint_dir(directory: Path, trial_id: str) -> Path:
+def checkpoint_dir(directory: Location, trial_id: str) -> Location:
     return directory / CHECKPOINTS_DIR / trial_id
 
 
-def save_state(state: Mapping[str, Any], path: Path) -> None:
+def save_state(state: Mapping[str, Any], path: Path | Location) -> None:
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    Location.of(path).write_bytes(buffer.getvalue())
 
 
-def load_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_state(path: Path | Location, device: torch.device | str = "cpu") -> dict[str, Any]:
     # Our own files: model/optimizer tensors plus plain Python metadata and RNG byte tensors.
-    state: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
+    payload = Location.of(path).open_for_reading()
+    state: dict[str, Any] = torch.load(payload, map_location=device, weights_only=False)
     return state
 
 
@@ -61,29 +62,24 @@ def better(value: Any, than: float | None, mode: str) -> bool:
     return than is None or (value > than if mode == "max" else value < than)
 
 
-def discard_trial_files(directory: Path, trial_id: str) -> None:
-    """Forget a trial's epochs and checkpoints (a restart from scratch, or an orphan)."""
-    epochs_path(directory, trial_id).unlink(missing_ok=True)
-    shutil.rmtree(checkpoint_dir(directory, trial_id), ignore_errors=True)
+def discard_trial_files(directory: Location, trial_id: str) -> None:
+    """Forget a trial's epochs and checkpoints (a restart from scratch)."""
+    epochs_path(directory, trial_id).unlink()
+    checkpoint_dir(directory, trial_id).rmtree()
 
 
-def set_aside_orphans(directory: Path, known: set[str]) -> list[str]:
+def set_aside_orphans(directory: Location, known: set[str]) -> list[str]:
     """Move the files of trials Ray does not know into ``orphaned/``: trials started after the
     last experiment snapshot of a driver that was killed, which the resumed study re-creates
     under new ids. Kept, not deleted (a failure loses nothing written), but out of the results."""
-    folder = directory / EPOCHS_DIR
-    orphans = sorted(p.stem for p in folder.glob("*.parquet") if p.stem not in known)
-    orphans += sorted(
-        p.name
-        for p in (directory / CHECKPOINTS_DIR).glob("*")
-        if p.name not in known and p.name not in orphans
-    )
+    found = {f.stem for f in (directory / EPOCHS_DIR).files(".parquet")}
+    found |= {d.name for d in (directory / CHECKPOINTS_DIR).subdirs()}
+    orphans = sorted(found - known)
     for trial_id in orphans:
         for source in (epochs_path(directory, trial_id), checkpoint_dir(directory, trial_id)):
             if source.exists():
-                target = directory / ORPHANED_DIR / source.relative_to(directory)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source.replace(target)
+                relative = source.path.removeprefix(directory.path + "/")
+                source.move_to(directory / ORPHANED_DIR / relative)
         log.warning(
             "trial %s is not part of the resumed study; its files are in %s/",
             trial_id,
@@ -102,7 +98,7 @@ class TrialWriter:
 
     def __init__(
         self,
-        directory: Path,
+        directory: Location,
         trial_id: str,
         *,
         sample: Mapping[str, Any],
@@ -133,8 +129,7 @@ class TrialWriter:
             discard_trial_files(self.directory, self.trial_id)
             return None
         done = int(state["epoch"])
-        path = epochs_path(self.directory, self.trial_id)
-        stored = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+        stored = read_optional_table(epochs_path(self.directory, self.trial_id))
         kept = stored[stored["epoch"] <= done] if not stored.empty else stored
         have = set(kept["epoch"]) if not kept.empty else set()
         missing = [m for m in state["history"] if m["epoch"] not in have]

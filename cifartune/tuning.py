@@ -44,6 +44,7 @@ from .spec import (
     StudySpec,
     trial_config,
 )
+from .storage import Location
 from .trial_store import TrialWriter, set_aside_orphans
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def train_trial(
     flat = flatten(config)
     trial_id = tune.get_context().get_trial_id()
     writer = TrialWriter(
-        Path(directory),
+        Location.of(directory),
         trial_id,
         sample=sample,
         flat_config=flat,
@@ -161,7 +162,7 @@ class StudyCallback(tune.Callback):
     read from the results directory, never from that pickle.
     """
 
-    def __init__(self, directory: Path, spec: StudySpec):
+    def __init__(self, directory: Location, spec: StudySpec):
         self.directory, self.spec = directory, spec
         self.recorder: StudyRecorder | None = None
 

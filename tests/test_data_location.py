@@ -207,7 +207,9 @@ def test_an_object_store_mirror_is_read_through_pyarrow(tmp_path, s3_server):
     from pyarrow import fs
 
     mirror = write_mirror(tmp_path / "mirror", synthetic_arrays(60, 20))
-    store = fs.S3FileSystem(endpoint_override=s3_server, region="us-east-1")
+    store = fs.S3FileSystem(
+        endpoint_override=s3_server, region="us-east-1", allow_bucket_creation=True
+    )
     store.create_dir("team-data")
     for name in ("train.npz", "test.npz"):
         with store.open_output_stream(f"team-data/cifar10/{name}") as out:

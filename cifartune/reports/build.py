@@ -205,10 +205,11 @@ def study_sections(report: Report, study: StudyData, prefix: str) -> None:
 
 
 def build_report(
-    directories: Sequence[Path], out: Path | None = None, title: str | None = None
+    directories: Sequence[Path | str], out: Path | None = None, title: str | None = None
 ) -> Report:
-    """Read each study and write report.html, summary.md and figures/ into `out`."""
-    studies = [read_study(Path(d)) for d in directories]
+    """Read each study (a local path or a URI such as s3://...) and write report.html,
+    summary.md and figures/ into `out`."""
+    studies = [read_study(d) for d in directories]
     names = [s.name for s in studies]
     out = out or Path("reports") / "-vs-".join(names)
     out.mkdir(parents=True, exist_ok=True)
