@@ -1,5 +1,7 @@
-"""A real two-node Ray cluster on this machine: a head and a worker raylet, each started and
-stopped by the test; a study joins it with --address and its trials run on both nodes."""
+"""The study beyond one machine, with real components on loopback: a two-node Ray cluster (a
+head and a worker raylet started and stopped by the test) whose trials run on both nodes, the
+fail-fast check for a trial no node can hold, `cifartune submit` to a head's Jobs server, and
+the cluster launcher config (Ray's own schema, versions matching pyproject.toml)."""
 
 import os
 import shutil
@@ -12,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cifartune.cluster import NodeShape, NodeTypes, fit_error, launcher_node_types
 from cifartune.results import read_study
 
 from .helpers import REPO, run_cli
 from .studies import TINY_BASE, write_spec
 
-pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 PORT = "6391"
 
@@ -82,6 +84,7 @@ def two_node_cluster():
                 _stop(process)
 
 
+@pytest.mark.slow
 def test_study_runs_trials_on_both_nodes(tmp_path, two_node_cluster):
     spec = write_spec(
         tmp_path,
@@ -113,3 +116,69 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config():
     ]
     assert gpu_types, "cluster.yaml declares no GPU worker type"
     assert shutil.which("ray") or Path(RAY).exists()
+
+
+def _cluster_yaml() -> dict:
+    return yaml.safe_load((REPO / "cluster.yaml").read_text())
+
+
+HEAD = NodeShape("node 10.0.0.1 [head]", 8, 0)
+
+
+def test_a_trial_fits_a_node_type_the_autoscaler_may_start():
+    types = launcher_node_types(_cluster_yaml(), "cluster.yaml")
+    assert types is not None
+    # No GPU node is alive yet, but cluster.yaml's GPU workers hold 4 trials of 0.25 GPU.
+    assert fit_error(4, 0.25, [HEAD], types) is None
+    assert fit_error(4, 0.25, [HEAD], None) is not None
+
+
+def test_no_node_type_can_hold_the_trial():
+    types = launcher_node_types(_cluster_yaml(), "cluster.yaml")
+    message = fit_error(4, 2, [HEAD], types)
+    assert message is not None
+    assert "resources.cpus = 4, resources.gpus = 2 per trial" in message
+    assert "node 10.0.0.1 [head] (8 CPUs, 0 GPUs)" in message
+    assert "gpu_worker (16 CPUs, 1 GPUs, up to 4)" in message and "(cluster.yaml)" in message
+    assert "--set resources.gpus=0" in message
+
+
+def test_trials_need_one_node_that_has_both():
+    # 8 CPUs on one node and a GPU on another do not make a place for a 2-CPU + 1-GPU trial.
+    nodes = [HEAD, NodeShape("node 10.0.0.2", 1, 1)]
+    assert fit_error(2, 1, nodes, None) is not None
+    assert fit_error(1, 1, nodes, None) is None
+    assert fit_error(1, 1, [HEAD], NodeTypes([NodeShape("gpu", 4, 1, -1)], "gcs")) is None
+
+
+def test_node_types_without_resources_are_unknown():
+    config = {
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 8}, "max_workers": 0},
+            "worker": {"max_workers": 2},  # resources filled in by the provider at `ray up`
+        },
+    }
+    assert launcher_node_types(config, "x") is None
+    config["available_node_types"]["worker"]["resources"] = {"CPU": 4, "GPU": 1}
+    types = launcher_node_types(config, "x")
+    assert types is not None and [t.name for t in types.shapes] == ["head", "worker"]
+    config["available_node_types"]["worker"]["max_workers"] = 0  # can never start
+    types = launcher_node_types(config, "x")
+    assert types is not None and [t.name for t in types.shapes] == ["head"]
+
+
+@pytest.mark.slow
+def test_a_trial_no_node_can_hold_stops_the_study_within_seconds(tmp_path):
+    spec = write_spec(tmp_path, resources={"cpus": 1, "gpus": 1})
+    started = time.monotonic()
+    result = run_cli(
+        ["run", str(spec), "--storage", str(tmp_path / "r")], cwd=tmp_path, timeout=180
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert elapsed < 60  # not a speed test: without the check the study waits forever
+    assert "resources.cpus = 1, resources.gpus = 1 per trial" in result.stderr
+    assert f"({os.cpu_count()} CPUs, 0 GPUs)" in result.stderr  # what this machine has
+    assert "--set resources.gpus=0" in result.stderr
+    assert not (tmp_path / "r" / "tiny").exists()  # a failed start leaves nothing behind
