@@ -219,6 +219,7 @@ def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
             storage=args.storage,
             verbose=args.verbose > 0,
             restart_errored=getattr(args, "restart_errored", False),
+            optuna_storage=args.optuna_storage,
         )
     except KeyboardInterrupt:
         outcome = None
@@ -302,6 +303,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export_optuna(args: argparse.Namespace) -> int:
     from .optuna_mirror import export_optuna, load_study_code, storage_location
 
+    args.storage = args.storage or _stored_optuna_storage(args.results)
     mirror = export_optuna(args.results, args.storage)
     name = mirror.study.study_name
     where = storage_location(args.results, args.storage)
@@ -317,10 +319,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"optuna-dashboard: {url}  (Ctrl-C to stop)", flush=True)
 
-    serve_dashboard(
-        args.results, host=args.host, port=args.port, storage_url=args.storage, ready=ready
-    )
+    storage = args.storage or _stored_optuna_storage(args.results)
+    serve_dashboard(args.results, host=args.host, port=args.port, storage_url=storage, ready=ready)
     return 0
+
+
+def _stored_optuna_storage(results: Path) -> str | None:
+    """The --optuna-storage the study ran with (study.json), so nobody retypes it."""
+    from .results import read_study
+
+    stored = read_study(results).meta.get("optuna_storage")
+    return str(stored) if stored else None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -332,6 +341,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"summary {report.out / 'summary.md'})"
     )
     return 0
+
+
+def _optuna_storage_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="Optuna storage the study is mirrored into as it runs (sqlite:///x.db, "
+        "postgresql://...; default: optuna.journal in the results directory)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study")
     run.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    _optuna_storage_arg(run)
     run.add_argument(
         "--storage", help="results root, a directory or URI (default: the spec's storage)"
     )
@@ -404,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only where the data lives: --set base.data.dir=PATH",
     )
     resume.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    _optuna_storage_arg(resume)
     resume.set_defaults(func=cmd_resume, restart_errored=False)
 
     status = sub.add_parser("status", help="summarize a running or finished study")

@@ -184,12 +184,17 @@ class StudyRecorder:
     def record_complete(self, trial_id: str) -> None:
         self._finished.add(trial_id)
 
-    def record_states(self, states: Mapping[str, tuple[str, dict[str, Any], str | None]]) -> None:
+    def record_states(
+        self, states: Mapping[str, tuple[str, dict[str, Any], str | None]]
+    ) -> pd.DataFrame:
+        """Update the trial table from Ray's view of every trial; return it as written."""
         for trial_id, (state, sample, error) in states.items():
             if state == "TERMINATED" and trial_id not in self._finished:
                 state = "INTERRUPTED"
             self._states[trial_id] = (state, sample, error)
-        write_table(self.trial_table(), self.directory / TRIALS_FILE)
+        table = self.trial_table()
+        write_table(table, self.directory / TRIALS_FILE)
+        return table
 
     def trial_table(self) -> pd.DataFrame:
         rows = [self._trial_row(tid, *state) for tid, state in self._states.items()]

@@ -271,6 +271,7 @@ def run_study(
     storage: str | None = None,
     verbose: bool = False,
     restart_errored: bool = False,
+    optuna_storage: str | None = None,
 ) -> StudyOutcome:
     """Run (or resume) `spec` on Ray; results land under ``storage/name`` as the study goes.
 
@@ -297,7 +298,9 @@ def run_study(
     metadata = StudyMetadata(directory)
     failed_before_trials = False
     try:
-        return _run_locked(spec, directory, metadata, address, resume, verbose, restart_errored)
+        return _run_locked(
+            spec, directory, metadata, address, resume, verbose, restart_errored, optuna_storage
+        )
     except BaseException:
         failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(".parquet"))
         if metadata.data and not failed_before_trials:
@@ -319,6 +322,7 @@ def _run_locked(
     resume: bool,
     verbose: bool,
     restart_errored: bool,
+    optuna_storage: str | None,
 ) -> StudyOutcome:
     from ray import tune
 
@@ -339,6 +343,7 @@ def _run_locked(
         pid=os.getpid(),
         resumed=[*metadata.data.get("resumed", []), _now()] if previous else [],
         address=address,
+        optuna_storage=optuna_storage or metadata.data.get("optuna_storage"),
     )
     metadata.start_heartbeat()
     atomic_write_text(
@@ -381,7 +386,7 @@ def _run_locked(
             run_config=tune.RunConfig(
                 name=RAY_DIR,
                 storage_path=directory.uri,
-                callbacks=[StudyCallback(directory, spec)],
+                callbacks=[StudyCallback(directory, spec, metadata.data["optuna_storage"])],
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
                 verbose=0,
             ),

@@ -20,6 +20,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+import pandas as pd
 import ray
 from ray import tune
 from ray.tune.experiment import Trial
@@ -35,6 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 from .config import flatten
 from .data import CifarArrays
 from .engine import Metrics, StateThunk, fit
+from .optuna_mirror import OptunaMirror
 from .results import StudyRecorder, trial_keys
 from .spec import (
     SEED_KEY,
@@ -162,9 +164,10 @@ class StudyCallback(tune.Callback):
     read from the results directory, never from that pickle.
     """
 
-    def __init__(self, directory: Location, spec: StudySpec):
-        self.directory, self.spec = directory, spec
+    def __init__(self, directory: Location, spec: StudySpec, optuna_storage: str | None = None):
+        self.directory, self.spec, self.optuna_storage = directory, spec, optuna_storage
         self.recorder: StudyRecorder | None = None
+        self.mirror: OptunaMirror | None = None
 
     def setup(self, *args: Any, **info: Any) -> None:
         spec = self.spec
@@ -176,6 +179,20 @@ class StudyCallback(tune.Callback):
             spec.resources.cpus,
             spec.resources.gpus,
         )
+        self.mirror = self._open_mirror()
+
+    def _open_mirror(self) -> OptunaMirror | None:
+        """The study's Optuna mirror (optuna.journal beside the results, or --optuna-storage);
+        an object store holds no journal file, so there it needs --optuna-storage."""
+        if not self.directory.local and self.optuna_storage is None:
+            log.info("no Optuna mirror: results in an object store need --optuna-storage URL")
+            return None
+        local = self.directory.local_path if self.directory.local else Path(".")
+        try:
+            return OptunaMirror(local, self.spec.model_dump(mode="json"), self.optuna_storage)
+        except Exception as exc:  # a view of the results: it must not stop the study
+            log.warning("Optuna mirror unavailable (%s); rebuild it with export-optuna", exc)
+            return None
 
     @property
     def _recorder(self) -> StudyRecorder:
@@ -227,7 +244,8 @@ class StudyCallback(tune.Callback):
         set_aside_orphans(self.directory, {t.trial_id for t in trials})
 
     def _sync(self, trials: list[Trial]) -> None:
-        self._recorder.record_states(
+        recorder = self._recorder
+        table = recorder.record_states(
             {
                 t.trial_id: (
                     t.status,
@@ -237,6 +255,21 @@ class StudyCallback(tune.Callback):
                 for t in trials
             }
         )
+        if self.mirror is None or table.empty:
+            return
+        epochs = [recorder.trial_epochs(t) for t in table["trial_id"]]
+        try:
+            self.mirror.sync(
+                table,
+                pd.concat(
+                    [e for e in epochs if not e.empty]
+                    or [pd.DataFrame(columns=["trial_id", "epoch"])],
+                    ignore_index=True,
+                ),
+            )
+        except Exception as exc:  # the Parquet files stay the truth; the mirror is rebuilt later
+            log.warning("Optuna mirror stopped (%s); rebuild it with export-optuna", exc)
+            self.mirror = None
 
 
 def _error_text(trial: Trial) -> str | None:
