@@ -10,6 +10,7 @@ import os
 import platform
 import socket
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -249,17 +250,38 @@ def _init_ray(address: str | None, verbose: bool) -> None:
         stop_on_sigterm()
 
 
-def _warn_if_results_not_shared(directory: Location) -> None:
+def _check_results_shared(directory: Location) -> None:
+    """Results on a local path must be the same directory on every node of the cluster (NFS,
+    EFS): a tiny task on each node looks for a probe file written here, before any trial starts
+    (otherwise a trial on a node that cannot see it fails at its first checkpoint)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1:
-        log.warning(
-            "this Ray cluster has %d nodes: results and checkpoints go to %s, which every node "
-            "must see at the same path (NFS or another shared filesystem), or trials on other "
-            "nodes cannot save checkpoints and resume loses them",
-            len(nodes),
-            directory,
+    if not directory.local or len(nodes) < 2:
+        return
+    probe = directory / f"node-probe-{uuid.uuid4().hex}"
+    probe.write_text("visible")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        checks = {
+            f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": sees.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(probe.path)
+            for n in nodes
+        }
+        blind = [node for node, seen in checks.items() if not ray.get(seen, timeout=120)]
+    finally:
+        probe.unlink()
+    if blind:
+        raise ConfigError(
+            f"storage: {directory} is a local path that these nodes cannot see: "
+            f"{', '.join(blind)}; use object storage (--storage s3://bucket/prefix) or a "
+            "filesystem mounted at the same path on every node (NFS, EFS)"
         )
 
 
@@ -351,7 +373,7 @@ def _run_locked(
     )
     arrays = load_arrays(trial_config(spec, {}).data)
     _init_ray(address, verbose)
-    _warn_if_results_not_shared(directory)
+    _check_results_shared(directory)
     check_trials_fit(spec.resources.cpus, spec.resources.gpus)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),

@@ -6,16 +6,20 @@ the cluster launcher config (Ray's own schema, versions matching pyproject.toml)
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cifartune.cluster import NodeShape, NodeTypes, fit_error, launcher_node_types
+from cifartune.errors import ConfigError
 from cifartune.results import read_study
+from cifartune.submit import prepare_job
 
 from .helpers import REPO, run_cli
 from .studies import TINY_BASE, write_spec
@@ -25,7 +29,10 @@ PORT = "6391"
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # This venv's python first on PATH: a Ray Job's entrypoint (`python -m cifartune ...`) is a
+    # shell command run by the head, as on a cluster whose image has cifartune installed.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
     # Own session: the test can stop exactly the processes it started (and not another cluster).
     return subprocess.Popen(
         [RAY, "start", "--block", "--disable-usage-stats", *args],
@@ -96,7 +103,8 @@ def test_study_runs_trials_on_both_nodes(tmp_path, two_node_cluster):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert "every node must see" in result.stderr  # results path is local to this machine
+    # The local results path was checked from both nodes (they share this disk), then cleaned.
+    assert not list((tmp_path / "r" / "tiny").glob("node-probe-*"))
     study = read_study(tmp_path / "r" / "tiny")
     assert study.meta["state"] == "completed" and study.meta["address"] == two_node_cluster
     assert study.epochs["node_id"].nunique() == 2
@@ -182,3 +190,96 @@ def test_a_trial_no_node_can_hold_stops_the_study_within_seconds(tmp_path):
     assert f"({os.cpu_count()} CPUs, 0 GPUs)" in result.stderr  # what this machine has
     assert "--set resources.gpus=0" in result.stderr
     assert not (tmp_path / "r" / "tiny").exists()  # a failed start leaves nothing behind
+
+
+def _free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def head_with_jobs_server():
+    """A head whose dashboard (and Jobs server) listens on loopback, on ports of its own."""
+    dashboard = _free_port()
+    head = _start(
+        [
+            "--head",
+            "--port",
+            _free_port(),
+            "--num-cpus",
+            "2",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            dashboard,
+            "--dashboard-agent-listen-port",
+            _free_port(),
+            "--ray-client-server-port",
+            _free_port(),
+        ]
+    )
+    try:
+        url = f"http://127.0.0.1:{dashboard}"
+        deadline = time.time() + 120
+        while not _answers(f"{url}/api/version") and time.time() < deadline:
+            time.sleep(1)
+        assert _answers(f"{url}/api/version"), "the head's Jobs server did not come up"
+        yield url
+    finally:
+        _stop(head)
+
+
+@pytest.mark.slow
+def test_submit_runs_the_study_as_a_ray_job(tmp_path, head_with_jobs_server):
+    spec = write_spec(tmp_path)
+    result = run_cli(
+        [
+            "submit",
+            spec.name,
+            "--address",
+            head_with_jobs_server,
+            "--storage",
+            str(tmp_path / "r"),
+            "--set",
+            "base.epochs=1",
+            "--wait",
+        ],
+        cwd=tmp_path,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ray job logs -f" in result.stdout and f"cifartune status {tmp_path}/r/tiny" in (
+        result.stdout
+    )
+    assert "study tiny: results in" in result.stdout  # the job's own log, streamed
+    study = read_study(tmp_path / "r" / "tiny")
+    assert study.meta["state"] == "completed"
+    assert len(study.trials) == 1 and len(study.epochs) == 1  # --set reached the job
+
+
+def test_submit_refuses_what_cannot_work_on_a_cluster(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    spec = write_spec(project)
+    request = prepare_job(spec, project, "s3://bucket/x", ["base.epochs=1", "description=two words"])
+    assert request.entrypoint == (
+        "python -m cifartune run tiny.yaml --storage s3://bucket/x "
+        "--set base.epochs=1 --set 'description=two words'"
+    )
+    assert request.runtime_env["working_dir"] == str(project)
+    assert {".venv", "results", ".git"} <= set(request.runtime_env["excludes"])
+    with pytest.raises(ConfigError, match="outside the working directory"):
+        prepare_job(write_spec(tmp_path), project, "s3://bucket/x", [])
+    with pytest.raises(ConfigError, match=r"storage = 'results'.*--storage s3://"):
+        prepare_job(spec, project, None, [])  # the spec's default: relative
+    with pytest.raises(ConfigError, match="resources.gpus"):
+        prepare_job(spec, project, "s3://b/x", ["resources.gpus=-1"])  # checked here

@@ -1,0 +1,59 @@
+"""A study whose results live in an object store: a real S3 API server (moto) and a real
+two-node Ray cluster on loopback, started and stopped by the test. Run, kill, resume, status and
+report all go through s3://; nothing lands in a local folder named after the URI."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cifartune.results import read_study
+
+from .helpers import run_cli
+from .studies import TINY_BASE, epochs_so_far, start_cli, wait_for, write_spec
+from .test_cluster import two_node_cluster  # noqa: F401 (fixture)
+from .test_data_location import s3_server  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_study_on_two_nodes_lives_in_s3_through_kill_and_resume(
+    tmp_path,
+    s3_server,  # noqa: F811 (started before the cluster, so its nodes get the AWS variables)
+    two_node_cluster,  # noqa: F811
+):
+    from pyarrow import fs
+
+    fs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir("lab")
+    spec = write_spec(
+        tmp_path,
+        base={**TINY_BASE, "epochs": 4, "data": {**TINY_BASE["data"], "train_subset": 300}},
+        space={"optim.lr": [0.05, 0.01]},
+    )
+    results = "s3://lab/studies/tiny"
+    driver = start_cli(
+        ["run", str(spec), "--address", two_node_cluster, "--storage", "s3://lab/studies"],
+        tmp_path,
+    )
+    wait_for(lambda: len(epochs_so_far(results)) >= 2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.communicate(timeout=60)
+    assert read_study(results).meta["state"] == "running"  # what a killed driver leaves
+
+    resumed = run_cli(["resume", results, "--address", two_node_cluster], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    study = read_study(results)
+    assert study.meta["state"] == "completed"
+    assert (
+        sorted(study.epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2, 3, 4]] * 2
+    )
+    assert study.epochs["node_id"].nunique() == 2  # trials ran on both nodes
+    assert len(study.test) == 1
+
+    status = run_cli(["status", results])
+    assert status.returncode == 0 and "[completed]" in status.stdout, status.stderr
+    report = run_cli(["report", results, "--out", str(tmp_path / "report")])
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert not list(Path(tmp_path).rglob("s3:*")) and not Path("s3:").exists()
