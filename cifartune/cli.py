@@ -332,6 +332,28 @@ def _stored_optuna_storage(results: Path) -> str | None:
     return str(stored) if stored else None
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from . import submit
+
+    request = submit.prepare_job(args.spec, args.working_dir, args.storage, args.overrides)
+    address = submit.jobs_address(args.address)
+    job_id = submit.submit(request, address)
+    print(f"submitted job {job_id} to {address}: {request.entrypoint}")
+    follow = submit.follow_commands(address, job_id, request.study)
+    print("follow it with:\n  " + "\n  ".join(follow))
+    if not args.wait:
+        return 0
+    try:
+        for chunk in submit.follow(address, job_id):
+            print(chunk, end="", flush=True)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; job {job_id} goes on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    status, code, message = submit.outcome(address, job_id)
+    print(f"job {job_id} {status}" + (f": {message}" if message else ""))
+    return code
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .reports import build_report
 
@@ -445,6 +467,22 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     dashboard.add_argument("--storage", help=storage_help)
     dashboard.set_defaults(func=cmd_dashboard)
+
+    submit = sub.add_parser("submit", help="run a study as a Ray Job on a cluster")
+    submit.add_argument("spec", type=Path, help="the study spec, inside --working-dir")
+    submit.add_argument(
+        "--address",
+        help="the head's Jobs server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
+    submit.add_argument("--storage", help="results root every node reaches, e.g. s3://BUCKET/X")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument(
+        "--working-dir", type=Path, default=Path("."), help="uploaded with the job (default: .)"
+    )
+    submit.add_argument(
+        "--wait", action="store_true", help="stream the job's logs; exit with its status"
+    )
+    submit.set_defaults(func=cmd_submit)
 
     report = sub.add_parser("report", help="HTML + Markdown report of one or several studies")
     report.add_argument("results", nargs="+", help="study results directories (paths or URIs)")

@@ -270,7 +270,8 @@ def test_submit_refuses_what_cannot_work_on_a_cluster(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     spec = write_spec(project)
-    request = prepare_job(spec, project, "s3://bucket/x", ["base.epochs=1", "description=two words"])
+    overrides = ["base.epochs=1", "description=two words"]
+    request = prepare_job(spec, project, "s3://bucket/x", overrides)
     assert request.entrypoint == (
         "python -m cifartune run tiny.yaml --storage s3://bucket/x "
         "--set base.epochs=1 --set 'description=two words'"
@@ -281,5 +282,5 @@ def test_submit_refuses_what_cannot_work_on_a_cluster(tmp_path):
         prepare_job(write_spec(tmp_path), project, "s3://bucket/x", [])
     with pytest.raises(ConfigError, match=r"storage = 'results'.*--storage s3://"):
         prepare_job(spec, project, None, [])  # the spec's default: relative
-    with pytest.raises(ConfigError, match="resources.gpus"):
+    with pytest.raises(ConfigError, match=r"resources\.gpus"):
         prepare_job(spec, project, "s3://b/x", ["resources.gpus=-1"])  # checked here
