@@ -4,17 +4,21 @@ fail-fast check for a trial no node can hold, `cifartune submit` to a head's Job
 the cluster launcher config (Ray's own schema, versions matching pyproject.toml)."""
 
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from cifartune.cluster import NodeShape, NodeTypes, fit_error, launcher_node_types
 from cifartune.errors import ConfigError
@@ -114,16 +118,59 @@ def test_study_runs_trials_on_both_nodes(tmp_path, two_node_cluster):
 def test_cluster_yaml_is_a_valid_ray_cluster_config():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config = _cluster_yaml()
     validate_config(prepare_config(config))
     assert config["provider"]["type"] == "aws"
     setup = "\n".join(config["setup_commands"])
     assert "pip install" in setup and "cifartune" in setup
+    assert any("boto3" in c for c in config["head_setup_commands"])  # the AWS autoscaler's
+    assert {".venv", "results", "runs", ".git"} <= set(config["rsync_exclude"])
     gpu_types = [
         t for t in config["available_node_types"].values() if t.get("resources", {}).get("GPU")
     ]
     assert gpu_types, "cluster.yaml declares no GPU worker type"
+    assert all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in gpu_types)
+    assert "-e RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    starts = "\n".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert "RAY_AUTH_MODE=disabled" not in starts
     assert shutil.which("ray") or Path(RAY).exists()
+
+
+def _pins() -> tuple[str, SpecifierSet]:
+    """The Ray version pyproject.toml pins exactly, and the Python versions it accepts."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (ray,) = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "ray"]
+    (pin,) = [s.version for s in ray.specifier if s.operator == "=="]
+    return pin, SpecifierSet(project["requires-python"])
+
+
+def _image_versions(image: str) -> tuple[str, str]:
+    match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-(cpu|gpu)", image)
+    assert match, f"{image} is not one of Ray's official images"
+    return match[1], f"3.{match[2]}"
+
+
+def test_cluster_yaml_runs_the_ray_and_python_that_pyproject_asks_for():
+    pin, pythons = _pins()
+    docker = _cluster_yaml()["docker"]
+    for image in (docker["head_image"], docker["worker_image"]):
+        ray_version, python = _image_versions(image)
+        assert ray_version == pin and python in pythons, image
+    assert docker["worker_image"].endswith("-gpu")
+
+
+def test_kuberay_rayjob_runs_a_study_into_object_storage():
+    pin, pythons = _pins()
+    job = yaml.safe_load((REPO / "deploy" / "kuberay-rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["spec"]["rayClusterSpec"]["rayVersion"] == pin
+    assert job["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
+    command = job["spec"]["entrypoint"].split()
+    assert command[:4] == ["python", "-m", "cifartune", "run"]
+    assert (REPO / command[4].removeprefix("/home/ray/cifartune/")).is_file()
+    assert command[command.index("--storage") + 1].startswith("s3://")
+    header = (REPO / "deploy" / "kuberay-rayjob.yaml").read_text()
+    ray_version, python = _image_versions(re.search(r"FROM (\S+)", header)[1])
+    assert ray_version == pin and python in pythons
 
 
 def _cluster_yaml() -> dict:
