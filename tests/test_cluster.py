@@ -99,7 +99,7 @@ def two_node_cluster():
 def test_study_runs_trials_on_both_nodes(tmp_path, two_node_cluster):
     spec = write_spec(
         tmp_path,
-        base={**TINY_BASE, "epochs": 3, "data": {"train_subset": 300, "val_size": 100}},
+        base={**TINY_BASE, "epochs": 3, "data": {**TINY_BASE["data"], "train_subset": 300}},
         space={"optim.lr": [0.05, 0.01]},
     )
     result = run_cli(
