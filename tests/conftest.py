@@ -1,7 +1,12 @@
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+from .helpers import run_cli
+from .studies import TINY_BASE, write_spec
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -13,3 +18,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Real Ray studies shared by the tests that only read their results (each costs a Ray start).
+@pytest.fixture(scope="session")
+def grid_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A completed 2 x 2 grid on Ray (bundled data, 2 epochs), its two best scored on test."""
+    return _run_study(
+        tmp_path_factory.mktemp("grid"),
+        name="grid",
+        space={"optim.lr": [0.05, 0.01], "batch_size": [25, 50]},
+        test_best=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def asha_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A completed Optuna (TPE, seed 1) + ASHA study on Ray: 8 trials of up to 6 epochs."""
+    return _run_study(
+        tmp_path_factory.mktemp("asha"),
+        name="asha",
+        base={**TINY_BASE, "epochs": 6},
+        space={
+            "optim.lr": {"type": "float", "low": 1e-5, "high": 0.1, "log": True},
+            "optim.name": ["sgd", "adam"],
+        },  # a list under Optuna is a categorical choice
+        search={"algorithm": "optuna", "samples": 8, "seed": 1},
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        resources={"cpus": 1, "max_concurrent": 2},
+    )
+
+
+def _run_study(root: Path, **fields: Any) -> Path:
+    spec = write_spec(root, **fields)
+    result = run_cli(["run", str(spec), "--storage", str(root / "r")], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return root / "r" / fields["name"]

@@ -24,6 +24,7 @@ from .studies import (
     wait_for,
     write_spec,
 )
+from .test_optuna_mirror import mirror_content
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +138,9 @@ def test_killed_at_any_moment_resumes_to_the_uninterrupted_result(tmp_path, unin
         study.test["test/top1"].sort_values(ignore_index=True),
         uninterrupted.test["test/top1"].sort_values(ignore_index=True),
     )
+
+    # Its Optuna mirror, written as it ran through every kill, equals the uninterrupted one's.
+    assert mirror_content(results) == mirror_content(uninterrupted.directory.local_path)
 
     # Resuming a completed study changes nothing and exits 0 (scripts loop on it).
     stamps = {p: p.stat().st_mtime_ns for p in results.rglob("*.parquet")}

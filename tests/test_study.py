@@ -12,14 +12,8 @@ from .studies import TINY_BASE, epochs_so_far, start_study, wait_for, write_spec
 
 
 @pytest.mark.slow
-def test_grid_study_writes_one_row_per_trial_epoch(tmp_path):
-    spec = write_spec(
-        tmp_path, space={"optim.lr": [0.05, 0.01], "batch_size": [25, 50]}, test_best=2
-    )
-    result = run_cli(["run", str(spec), "--storage", str(tmp_path / "results")], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    study = read_study(tmp_path / "results" / "tiny")
+def test_grid_study_writes_one_row_per_trial_epoch(grid_study):
+    study = read_study(grid_study)
     assert study.meta["state"] == "completed"
     epochs, trials = study.epochs, study.trials
     assert len(trials) == 4 and set(trials["stop_reason"]) == {"completed"}
@@ -41,26 +35,13 @@ def test_grid_study_writes_one_row_per_trial_epoch(tmp_path):
     scored = study.test.merge(trials, on="trial_id")
     assert (scored["epoch"] == scored["best_epoch"]).all()
     assert (scored["val/top1"] == scored["best_metric"]).all()
-    status = run_cli(["status", str(tmp_path / "results" / "tiny")])
+    status = run_cli(["status", str(grid_study)])
     assert status.returncode == 0 and "4 completed" in status.stdout
 
 
 @pytest.mark.slow
-def test_optuna_asha_study_stops_trials_early(tmp_path):
-    spec = write_spec(
-        tmp_path,
-        base={**TINY_BASE, "epochs": 6},
-        space={
-            "optim.lr": {"type": "float", "low": 1e-5, "high": 0.1, "log": True},
-            "optim.name": ["sgd", "adam"],
-        },  # a list under Optuna is a categorical choice
-        search={"algorithm": "optuna", "samples": 8, "seed": 1},
-        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
-        resources={"cpus": 1, "max_concurrent": 2},
-    )
-    result = run_cli(["run", str(spec), "--storage", str(tmp_path / "r")], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    study = read_study(tmp_path / "r" / "tiny")
+def test_optuna_asha_study_stops_trials_early(asha_study):
+    study = read_study(asha_study)
     trials, epochs = study.trials, study.epochs
     assert len(trials) == 8
     assert (trials["stop_reason"] == "early-stopped").any()
