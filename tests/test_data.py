@@ -27,8 +27,8 @@ def test_bundled_slice_is_real_stratified_cifar():
     assert np.allclose(means, [0.4914, 0.4822, 0.4465], atol=0.03)
 
 
-def test_default_source_is_the_bundled_slice():
-    assert load_arrays(DataConfig()).origin == "bundled slice"
+def test_bundled_source_is_the_bundled_slice():
+    assert load_arrays(DataConfig(source="bundled")).origin == "bundled slice"
 
 
 def test_validation_split_is_disjoint_stratified_and_fixed_by_its_seed():
@@ -85,7 +85,7 @@ def test_mirror_directory_round_trips(tmp_path):
     loaded = load_mirror(write_mirror(tmp_path / "m", arrays))
     assert np.array_equal(loaded.train_images, arrays.train_images)
     assert np.array_equal(loaded.test_labels, arrays.test_labels)
-    assert load_arrays(DataConfig(dir=tmp_path / "m")).origin.startswith("mirror")
+    assert load_arrays(DataConfig(dir=str(tmp_path / "m"))).origin.startswith("mirror")
 
 
 @pytest.mark.skipif(
