@@ -9,14 +9,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from .config import load_trial_config
-from .errors import CifartuneError, ConfigError
+from .errors import CifartuneError
+from .study_commands import (
+    EXIT_INTERRUPTED,
+    cmd_dashboard,
+    cmd_export_optuna,
+    cmd_resume,
+    cmd_run,
+    cmd_status,
+    cmd_submit,
+)
 
 EXIT_USAGE = 2
 EXIT_STORAGE = 74  # EX_IOERR
-EXIT_INTERRUPTED = 130
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
@@ -112,246 +119,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{spec.search.algorithm} search, {spec.scheduler.name} scheduler; data: {data})"
     )
     return 0
-
-
-def _print_plan(spec: Any) -> None:
-    import os
-
-    import torch
-
-    from .spec import grid_points, plan
-
-    cpus, gpus = float(os.cpu_count() or 1), float(torch.cuda.device_count())
-    p = plan(spec, cpus=cpus, gpus=gpus)
-    print(
-        f"study {spec.name}: {spec.search.algorithm} search, {spec.scheduler.name} scheduler, "
-        f"metric {spec.metric} ({spec.resolved_mode})"
-    )
-    points = list(grid_points(spec))
-    header = list(points[0]) if points and points[0] else []
-    sampled = [k for k, v in spec.space.items() if not isinstance(v, list)]
-    if spec.search.algorithm == "optuna":
-        lists = [k for k, v in spec.space.items() if isinstance(v, list)]
-        if lists or spec.variants:
-            print(
-                "note: under optuna, lists (and variants) are categorical choices, not a grid: "
-                + ", ".join(lists + (["variant"] if spec.variants else []))
-            )
-        print(
-            f"{p.trials} trials sampled by Optuna TPE (seed {spec.search.seed}) over: "
-            + ", ".join(spec.space)
-        )
-    else:
-        per_point = spec.search.samples
-        print(
-            f"{len(points)} grid point(s) x {per_point} sample(s) = {p.trials} trials"
-            + (f"; each samples {', '.join(sampled)}" if sampled else "")
-        )
-        if header:
-            print("  " + "  ".join(f"{h:>16}" for h in header))
-            for point in points[:50]:
-                print("  " + "  ".join(f"{point[h]!s:>16}" for h in header))
-            if len(points) > 50:
-                print(f"  ... {len(points) - 50} more")
-    print(f"epochs: {p.epochs_per_trial} per trial, worst case {p.worst_case_epochs} trial-epochs")
-    if p.expected_epochs is not None:
-        print(
-            f"ASHA: rungs at epochs {p.rungs}, reduction factor {spec.scheduler.reduction_factor}; "
-            f"expected about {p.expected_epochs:.0f} trial-epochs "
-            f"({p.expected_epochs / max(p.worst_case_epochs, 1):.0%} of worst case)"
-        )
-    res = spec.resources
-    print(
-        f"resources: {res.cpus:g} CPU + {res.gpus:g} GPU per trial; this machine has "
-        f"{cpus:g} CPUs, {gpus:g} GPUs -> {p.concurrent} trial(s) at once (limited by "
-        f"{p.bottleneck}), about {p.waves} wave(s)"
-    )
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-
-    spec = load_spec(args.spec, args.overrides)
-    if args.dry_run:
-        _print_plan(spec)
-        return 0
-    return _run(spec, args, resume=args.resume)
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .results import SPEC_FILE, read_study
-    from .spec import LOCATION_KEYS, build_spec
-
-    directory = read_study(args.results).directory  # a clear error for what is not a study
-    for override in args.overrides:
-        key = override.partition("=")[0].strip().removeprefix("base.")
-        if key not in LOCATION_KEYS:
-            raise ConfigError(
-                f"--set {override}: resume changes only where the data lives "
-                f"({', '.join('base.' + k for k in LOCATION_KEYS)}); to change what is trained, "
-                "run a new study"
-            )
-    spec = build_spec(yaml.safe_load((directory / SPEC_FILE).read_text()), args.overrides)
-    # The stored spec names the study; its parent is the storage, wherever it has moved to.
-    args.storage = directory.parent.uri
-    if spec.name != directory.name:
-        raise ConfigError(f"{directory}: holds study {spec.name!r}; pass its own directory")
-    return _run(spec, args, resume=True)
-
-
-def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
-    from .signals import stop_on_sigterm
-    from .study import run_study, study_directory
-
-    directory = study_directory(spec, args.storage)
-    print(f"study {spec.name}: results in {directory}")
-    logging.getLogger("cifartune").setLevel(logging.INFO)
-    # SIGTERM (Slurm, Kubernetes, `timeout`) stops the study like Ctrl-C: Ray Tune's SIGINT
-    # handler ends it cleanly and Ray's processes are shut down on the way out.
-    stop_on_sigterm()
-    try:
-        outcome = run_study(
-            spec,
-            address=args.address,
-            resume=resume,
-            storage=args.storage,
-            verbose=args.verbose > 0,
-            restart_errored=getattr(args, "restart_errored", False),
-            optuna_storage=args.optuna_storage,
-        )
-    except KeyboardInterrupt:
-        outcome = None
-    if outcome is not None and outcome.already_completed:
-        print("the study is already completed; nothing to do")
-    _print_summary(directory)
-    if outcome is None or outcome.state != "completed":
-        print(f"study interrupted; continue it with: cifartune resume {directory}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(f"results: {directory}  (report: cifartune report {directory})")
-    return 0
-
-
-def _print_summary(where: Any) -> None:
-    from .results import read_study
-    from .study import describe_driver, driver_gone, lock_is_free
-
-    study = read_study(where)
-    directory, meta, trials = study.directory, study.meta, study.trials
-    state = str(meta.get("state"))
-    if driver_gone(meta, lock_free=lock_is_free(directory)):
-        state = f"interrupted: its {describe_driver(meta)} is gone"
-    print(
-        f"study {study.name} [{state}] started {meta.get('started')}"
-        + (f", finished {meta['finished']}" if meta.get("finished") else "")
-    )
-    if state.startswith("interrupted"):
-        print(f"continue it with: cifartune resume {directory}")
-    if trials.empty:
-        print("no trial has reported yet")
-        return
-    states = trials["stop_reason"].value_counts().to_dict()
-    print(
-        f"trials: {len(trials)} ({', '.join(f'{n} {k}' for k, n in states.items())}); "
-        f"epochs done: {len(study.epochs)}; compute {_hours(trials['cpu_s'].sum())} CPU, "
-        f"{_hours(trials['gpu_s'].sum())} GPU"
-    )
-    scored = trials.dropna(subset=["best_metric"])
-    if scored.empty:
-        return
-    best = scored.loc[
-        scored["best_metric"].idxmax() if study.mode == "max" else scored["best_metric"].idxmin()
-    ]
-    factors = ", ".join(f"{k.removeprefix('config/')}={best[k]}" for k in study.factor_keys())
-    if study.has_variants():
-        factors = f"variant={best['variant']} {factors}"
-    print(
-        f"best so far: {study.metric} {best['best_metric']:.3f} (trial {best['trial_id']}, "
-        f"epoch {int(best['best_epoch'])}) {factors}"
-    )
-    if not study.test.empty:
-        top = study.test[study.test["rank"] == 1]
-        print(
-            f"test set (best configuration, {len(top)} repeat(s)): top1 "
-            f"{top['test/top1'].mean():.2f}% (per repeat: "
-            f"{', '.join(f'{v:.2f}' for v in top['test/top1'])})"
-        )
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    if not args.watch:
-        _print_summary(args.results)
-        return 0
-    from .follow import CLEAR_SCREEN, follow
-    from .signals import stop_on_sigterm
-
-    stop_on_sigterm()
-    try:
-        for frame in follow(args.results, interval=args.interval):
-            print(CLEAR_SCREEN + frame + "(Ctrl-C to stop watching)", end="", flush=True)
-    except KeyboardInterrupt:
-        pass
-    print()
-    return 0
-
-
-def cmd_export_optuna(args: argparse.Namespace) -> int:
-    from .optuna_mirror import export_optuna, load_study_code, storage_location
-
-    args.storage = args.storage or _stored_optuna_storage(args.results)
-    mirror = export_optuna(args.results, args.storage)
-    name = mirror.study.study_name
-    where = storage_location(args.results, args.storage)
-    print(f"Optuna study {name!r}: {len(mirror.study.trials)} trials in {where}")
-    print("open it in Python with:\n" + load_study_code(args.results, args.storage, name))
-    print(f"or in a browser with: cifartune dashboard {args.results}")
-    return 0
-
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    from .follow import serve_dashboard
-
-    def ready(url: str) -> None:
-        print(f"optuna-dashboard: {url}  (Ctrl-C to stop)", flush=True)
-
-    storage = args.storage or _stored_optuna_storage(args.results)
-    serve_dashboard(args.results, host=args.host, port=args.port, storage_url=storage, ready=ready)
-    return 0
-
-
-def _stored_optuna_storage(results: Path) -> str | None:
-    """The --optuna-storage the study ran with (study.json), so nobody retypes it."""
-    from .results import read_study
-
-    stored = read_study(results).meta.get("optuna_storage")
-    return str(stored) if stored else None
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    from . import submit
-
-    request = submit.prepare_job(args.spec, args.working_dir, args.storage, args.overrides)
-    address = submit.jobs_address(args.address)
-    job_id = submit.submit(request, address)
-    print(f"submitted job {job_id} to {address}: {request.entrypoint}")
-    follow = submit.follow_commands(address, job_id, request.study)
-    print("follow it with:\n  " + "\n  ".join(follow))
-    if not args.wait:
-        return 0
-    try:
-        for chunk in submit.follow(address, job_id):
-            print(chunk, end="", flush=True)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; job {job_id} goes on", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    status, code, message = submit.outcome(address, job_id)
-    print(f"job {job_id} {status}" + (f": {message}" if message else ""))
-    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ def _planned(study: StudyData) -> tuple[int, int, bool]:
 def is_live(study: StudyData) -> bool:
     """Whether a driver is still running the study (study.json says running and its driver is
     not gone: a killed driver leaves that state behind)."""
-    from .study import driver_gone, lock_is_free
+    from .claim import driver_gone, lock_is_free
 
     if study.meta.get("state") != "running":
         return False

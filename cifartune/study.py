@@ -1,23 +1,27 @@
-"""Running a study: results directory, lock, metadata, Ray runtime, Tuner (or its restore),
-and the test-set scoring of the best configurations once the search is over."""
+"""Running a study: the Ray runtime, the Tuner (or its restore over the results directory), and
+the test-set scoring of the best configurations once the search is over (ownership of the
+results directory is in ``claim``)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import os
 import platform
 import socket
 import threading
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from .claim import (
+    StudyMetadata,
+    check_writable,
+    claim,
+    now,
+)
 from .cluster import check_trials_fit
 from .config import ConfigError
 from .data import CifarArrays, describe_source, load_arrays, to_device
@@ -26,7 +30,6 @@ from .results import (
     LOCK_FILE,
     RAY_DIR,
     SPEC_FILE,
-    STUDY_FILE,
     TEST_FILE,
     TRIALS_FILE,
     atomic_write_text,
@@ -39,10 +42,6 @@ from .storage import Location
 from .trial_store import BEST, checkpoint_dir, discard_trial_files, load_state, set_aside_orphans
 
 log = logging.getLogger(__name__)
-# Seconds between heartbeats of a running driver, and the age past which a study whose driver
-# runs on another host is taken for dead.
-HEARTBEAT_S = 30.0
-STALE_AFTER_S = 4 * HEARTBEAT_S
 
 
 @dataclass(frozen=True)
@@ -85,132 +84,6 @@ def environment() -> dict[str, Any]:
             "platform": platform.platform(),
         },
     }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _check_writable(directory: Location) -> None:
-    try:
-        directory.mkdir()
-        probe = directory / "write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"storage: cannot write results to {directory}: {exc.strerror or exc}; "
-            "pass --storage with a writable directory"
-        ) from None
-
-
-class StudyMetadata:
-    """study.json: who runs the study (host, pid, heartbeat) and in which state it is.
-
-    While a driver runs, a thread refreshes the heartbeat every HEARTBEAT_S seconds, so a study
-    whose driver died (SIGKILL, power loss) is told apart from one that is running."""
-
-    def __init__(self, directory: Location):
-        self.path = directory / STUDY_FILE
-        self.data: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def read(self) -> dict[str, Any] | None:
-        return json.loads(self.path.read_text()) if self.path.is_file() else None
-
-    def write(self, **updates: Any) -> None:
-        with self._lock:
-            self.data.update(updates, heartbeat=_now())
-            atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))
-
-    def start_heartbeat(self) -> None:
-        def beat() -> None:
-            while not self._stop.wait(HEARTBEAT_S):
-                self.write()
-
-        self._thread = threading.Thread(target=beat, name="cifartune-heartbeat", daemon=True)
-        self._thread.start()
-
-    def stop_heartbeat(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
-def driver_gone(meta: Mapping[str, Any], *, lock_free: bool | None) -> bool:
-    """Whether a study marked running has lost its driver: on this host its file lock is free
-    (the OS releases it when the process dies); elsewhere, or in an object store (no file
-    lock, `lock_free` None), its heartbeat has stopped."""
-    if meta.get("state") != "running":
-        return False
-    if lock_free is not None and meta.get("host") == socket.gethostname():
-        return lock_free
-    beat = meta.get("heartbeat")
-    if not beat:
-        return True
-    age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(str(beat))
-    return age.total_seconds() > STALE_AFTER_S
-
-
-def lock_is_free(directory: Location) -> bool | None:
-    """Whether no driver on this host holds the study's file lock (taken and released at once);
-    None in an object store, which has no file locks (the heartbeat decides there)."""
-    from filelock import FileLock, Timeout
-
-    if not directory.local:
-        return None
-    if not (directory / LOCK_FILE).exists():
-        return True
-    try:
-        with FileLock(str((directory / LOCK_FILE).local_path), timeout=0):
-            return True
-    except Timeout:
-        return False
-
-
-def describe_driver(meta: Mapping[str, Any]) -> str:
-    return (
-        f"driver pid {meta.get('pid')} on {meta.get('host')}, "
-        f"last heartbeat {meta.get('heartbeat') or 'never'}"
-    )
-
-
-def _claim(directory: Location, spec: StudySpec, resume: bool) -> dict[str, Any] | None:
-    """Refuse to mix two studies in one directory; return the earlier metadata when resuming.
-    Called with the directory's file lock held (local storage), so a 'running' study found
-    there has no live driver on this host; in an object store the heartbeat tells."""
-    previous = StudyMetadata(directory).read()
-    digest = spec_hash(spec)
-    if previous is None:
-        if resume:
-            raise ConfigError(f"--resume: {directory} holds no study to resume; run without it")
-        return None
-    if previous.get("spec_hash") != digest:
-        raise ConfigError(
-            f"{directory} holds study {previous.get('name')!r} made from another spec "
-            f"(hash {previous.get('spec_hash')} != {digest}); use another --storage or study name"
-        )
-    lock_free = True if directory.local else None
-    if previous.get("state") == "running" and not driver_gone(previous, lock_free=lock_free):
-        raise ConfigError(
-            f"{directory}: the study is running ({describe_driver(previous)}); follow it with: "
-            f"cifartune status {directory} (a driver that died is taken for dead "
-            f"{STALE_AFTER_S:.0f} s after its last heartbeat)"
-        )
-    if not resume and previous.get("state") != "completed":
-        stale = " (its driver is gone)" if previous.get("state") == "running" else ""
-        raise ConfigError(
-            f"{directory} already holds this study, {previous.get('state')}{stale}; continue it "
-            f"with: cifartune resume {directory}"
-        )
-    if not resume:
-        raise ConfigError(
-            f"{directory} already holds this study, completed; see it with: "
-            f"cifartune status {directory} (or use another --storage / --set name=...)"
-        )
-    return previous
 
 
 class _OneLineRayLogs(logging.Filter):
@@ -306,7 +179,7 @@ def run_study(
     directory = study_directory(spec, storage)
     describe_source(trial_config(spec, {}).data)
     fresh = not directory.exists()
-    _check_writable(directory)
+    check_writable(directory)
     # One driver per study: a file lock on a local disk; in an object store, which has none,
     # the claim below refuses a study whose driver's heartbeat is fresh.
     lock = FileLock(str((directory / LOCK_FILE).local_path)) if directory.local else None
@@ -326,7 +199,7 @@ def run_study(
     except BaseException:
         failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(".parquet"))
         if metadata.data and not failed_before_trials:
-            metadata.write(state="interrupted", finished=_now())
+            metadata.write(state="interrupted", finished=now())
         raise
     finally:
         metadata.stop_heartbeat()
@@ -350,20 +223,20 @@ def _run_locked(
 
     from .tuning import StudyCallback, scheduler, search_algorithm, search_space, train_trial
 
-    previous = _claim(directory, spec, resume)
+    previous = claim(directory, spec, resume)
     if previous is not None and previous.get("state") == "completed":
         return StudyOutcome(directory, "completed", _read_trials(directory), pd.DataFrame(), True)
     metadata.data = previous or {
         "name": spec.name,
         "spec_hash": spec_hash(spec),
-        "started": _now(),
+        "started": now(),
         **environment(),
     }
     metadata.write(
         state="running",
         host=socket.gethostname(),
         pid=os.getpid(),
-        resumed=[*metadata.data.get("resumed", []), _now()] if previous else [],
+        resumed=[*metadata.data.get("resumed", []), now()] if previous else [],
         address=address,
         optuna_storage=optuna_storage or metadata.data.get("optuna_storage"),
     )
@@ -424,7 +297,7 @@ def _run_locked(
             write_table(test, directory / TEST_FILE)
     state = "completed" if finished else "interrupted"
     metadata.stop_heartbeat()
-    metadata.write(state=state, finished=_now())
+    metadata.write(state=state, finished=now())
     return StudyOutcome(directory, state, trials, test)
 
 
