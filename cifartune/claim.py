@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
 import threading
 from collections.abc import Mapping
@@ -75,18 +76,28 @@ class StudyMetadata:
 
 
 def driver_gone(meta: Mapping[str, Any], *, lock_free: bool | None) -> bool:
-    """Whether a study marked running has lost its driver: on this host its file lock is free
-    (the OS releases it when the process dies); elsewhere, or in an object store (no file
-    lock, `lock_free` None), its heartbeat has stopped."""
+    """Whether a study marked running has lost its driver: on this host, its file lock is free
+    (the OS releases it when the process dies) or, in an object store (no file lock,
+    `lock_free` None), its process is gone; on another host, its heartbeat has stopped."""
     if meta.get("state") != "running":
         return False
-    if lock_free is not None and meta.get("host") == socket.gethostname():
-        return lock_free
+    if meta.get("host") == socket.gethostname():
+        return lock_free if lock_free is not None else not _process_alive(meta.get("pid"))
     beat = meta.get("heartbeat")
     if not beat:
         return True
     age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(str(beat))
     return age.total_seconds() > STALE_AFTER_S
+
+
+def _process_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def lock_is_free(directory: Location) -> bool | None:

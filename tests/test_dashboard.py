@@ -232,8 +232,8 @@ def test_dashboard_on_a_running_study(tmp_path):
         try:
             detail = _get(root + "/api/studies/0")
             assert "Running" in {t["state"] for t in detail["trials"]}
-            text = _page_text(page, tmp_path / "profile")
-            assert "live" in text and "(running)" in text
+            text = _page_text(page + "/trials", tmp_path / "profile")  # the trial list
+            assert "live (id=0)" in text and "Trial 0 Running" in text
             assert not re.search(r"error|failed to", text, re.I), text[:2000]
         finally:
             stop_dashboard(process)

@@ -141,6 +141,8 @@ def test_full_disk_stops_with_a_message_and_readable_files(tmp_path):
                 "epochs=20",
                 "--set",
                 "data.train_subset=100",
+                "--set",
+                "data.source=bundled",
                 "--device",
                 "cpu",
                 "--out",
@@ -229,7 +231,7 @@ def test_diverging_and_failing_trials_do_not_stop_the_study(tmp_path):
 def test_worker_killed_beyond_its_retries_is_recorded_as_errored(tmp_path):
     spec = write_spec(
         tmp_path,
-        base={**TINY_BASE, "epochs": 8, "data": {"train_subset": 400, "val_size": 100}},
+        base={**TINY_BASE, "epochs": 8, "data": {**TINY_BASE["data"], "train_subset": 400}},
         space={"optim.lr": [0.05, 0.01]},
         retries=0,
         resources={"cpus": 1, "max_concurrent": 1},

@@ -96,7 +96,7 @@ def test_dry_run_explains_lists_under_optuna(tmp_path):
 def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     spec = write_spec(
         tmp_path,
-        base={**TINY_BASE, "epochs": 8, "data": {"train_subset": 400, "val_size": 100}},
+        base={**TINY_BASE, "epochs": 8, "data": {**TINY_BASE["data"], "train_subset": 400}},
         retries=2,
     )
     results = tmp_path / "r" / "tiny"
