@@ -1,10 +1,13 @@
 import os
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from .clusters import Cluster, s3_endpoint, two_node_cluster
 from .helpers import run_cli
 from .studies import TINY_BASE, write_spec
 
@@ -55,3 +58,11 @@ def _run_study(root: Path, **fields: Any) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     return root / "r" / fields["name"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Cluster]:
+    """One two-node Ray cluster (with the Jobs API) and one S3 server for the whole session:
+    the S3 variables are set before the nodes start, so their trials reach the server too."""
+    with s3_endpoint() as endpoint, two_node_cluster() as cluster:
+        yield replace(cluster, s3=endpoint)

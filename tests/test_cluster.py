@@ -6,13 +6,9 @@ the cluster launcher config (Ray's own schema, versions matching pyproject.toml)
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,92 +21,27 @@ from cifartune.errors import ConfigError
 from cifartune.results import read_study
 from cifartune.submit import prepare_job
 
+from .clusters import _answers, _free_port, _start, _stop
 from .helpers import REPO, run_cli
 from .studies import TINY_BASE, write_spec
 
-RAY = str(Path(sys.executable).with_name("ray"))
-PORT = "6391"
-
-
-def _start(args: list[str]) -> subprocess.Popen:
-    # This venv's python first on PATH: a Ray Job's entrypoint (`python -m cifartune ...`) is a
-    # shell command run by the head, as on a cluster whose image has cifartune installed.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": path}
-    # Own session: the test can stop exactly the processes it started (and not another cluster).
-    return subprocess.Popen(
-        [RAY, "start", "--block", "--disable-usage-stats", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _alive_nodes(address: str) -> int:
-    probe = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"import ray; ray.init(address='{address}', logging_level='ERROR');"
-            "print(sum(n['Alive'] for n in ray.nodes()))",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        timeout=60,
-    )
-    return int(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else 0
-
-
-@pytest.fixture
-def two_node_cluster():
-    address = f"127.0.0.1:{PORT}"
-    head = _start(["--head", "--port", PORT, "--num-cpus", "1", "--include-dashboard", "false"])
-    worker = None
-    try:
-        deadline = time.time() + 90
-        while _alive_nodes(address) < 1 and time.time() < deadline:
-            time.sleep(1)
-        worker = _start(["--address", address, "--num-cpus", "1"])
-        while _alive_nodes(address) < 2 and time.time() < deadline:
-            time.sleep(1)
-        assert _alive_nodes(address) == 2, "the two-node cluster did not come up"
-        yield address
-    finally:
-        for process in (worker, head):
-            if process is not None:
-                _stop(process)
-
 
 @pytest.mark.slow
-def test_study_runs_trials_on_both_nodes(tmp_path, two_node_cluster):
+def test_study_runs_trials_on_both_nodes(tmp_path, ray_cluster):
     spec = write_spec(
         tmp_path,
         base={**TINY_BASE, "epochs": 3, "data": {**TINY_BASE["data"], "train_subset": 300}},
         space={"optim.lr": [0.05, 0.01]},
     )
     result = run_cli(
-        ["run", str(spec), "--address", two_node_cluster, "--storage", str(tmp_path / "r")],
+        ["run", str(spec), "--address", ray_cluster.address, "--storage", str(tmp_path / "r")],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     # The local results path was checked from both nodes (they share this disk), then cleaned.
     assert not list((tmp_path / "r" / "tiny").glob("node-probe-*"))
     study = read_study(tmp_path / "r" / "tiny")
-    assert study.meta["state"] == "completed" and study.meta["address"] == two_node_cluster
+    assert study.meta["state"] == "completed" and study.meta["address"] == ray_cluster.address
     assert study.epochs["node_id"].nunique() == 2
     assert len(study.epochs) == 2 * 3
 
@@ -133,7 +64,7 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config():
     assert "-e RAY_AUTH_MODE=token" in config["docker"]["run_options"]
     starts = "\n".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
     assert "RAY_AUTH_MODE=disabled" not in starts
-    assert shutil.which("ray") or Path(RAY).exists()
+    assert shutil.which("ray") or Path(sys.executable).with_name("ray").exists()
 
 
 def _pins() -> tuple[str, SpecifierSet]:
@@ -237,20 +168,6 @@ def test_a_trial_no_node_can_hold_stops_the_study_within_seconds(tmp_path):
     assert f"({os.cpu_count()} CPUs, 0 GPUs)" in result.stderr  # what this machine has
     assert "--set resources.gpus=0" in result.stderr
     assert not (tmp_path / "r" / "tiny").exists()  # a failed start leaves nothing behind
-
-
-def _free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture

@@ -12,20 +12,15 @@ from cifartune.results import read_study
 
 from .helpers import run_cli
 from .studies import TINY_BASE, epochs_so_far, start_cli, wait_for, write_spec
-from .test_cluster import two_node_cluster  # noqa: F401 (fixture)
-from .test_data_location import s3_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
 
-def test_a_study_on_two_nodes_lives_in_s3_through_kill_and_resume(
-    tmp_path,
-    s3_server,  # noqa: F811 (started before the cluster, so its nodes get the AWS variables)
-    two_node_cluster,  # noqa: F811
-):
+def test_a_study_on_two_nodes_lives_in_s3_through_kill_and_resume(tmp_path, ray_cluster):
     from pyarrow import fs
 
-    fs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir("lab")
+    store = fs.S3FileSystem(endpoint_override=ray_cluster.s3, allow_bucket_creation=True)
+    store.create_dir("lab")
     spec = write_spec(
         tmp_path,
         base={**TINY_BASE, "epochs": 4, "data": {**TINY_BASE["data"], "train_subset": 300}},
@@ -33,7 +28,7 @@ def test_a_study_on_two_nodes_lives_in_s3_through_kill_and_resume(
     )
     results = "s3://lab/studies/tiny"
     driver = start_cli(
-        ["run", str(spec), "--address", two_node_cluster, "--storage", "s3://lab/studies"],
+        ["run", str(spec), "--address", ray_cluster.address, "--storage", "s3://lab/studies"],
         tmp_path,
     )
     wait_for(lambda: len(epochs_so_far(results)) >= 2)
@@ -41,7 +36,7 @@ def test_a_study_on_two_nodes_lives_in_s3_through_kill_and_resume(
     driver.communicate(timeout=60)
     assert read_study(results).meta["state"] == "running"  # what a killed driver leaves
 
-    resumed = run_cli(["resume", results, "--address", two_node_cluster], cwd=tmp_path)
+    resumed = run_cli(["resume", results, "--address", ray_cluster.address], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     study = read_study(results)
     assert study.meta["state"] == "completed"
