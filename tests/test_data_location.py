@@ -18,6 +18,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from cifartune.cli import main
 from cifartune.config import build_trial_config
 from cifartune.data import describe_source, load_arrays
 from cifartune.errors import DataError
@@ -35,14 +36,16 @@ def no_data_env(tmp_path, monkeypatch):
     return {"XDG_CACHE_HOME": str(tmp_path / "cache")}
 
 
-def test_shipped_specs_name_no_machine_path_and_run_on_cifartune_data(tmp_path, no_data_env):
+def test_shipped_specs_name_no_machine_path_and_run_on_cifartune_data(
+    tmp_path, no_data_env, capsys, monkeypatch
+):
     mirror = write_mirror(tmp_path / "mirror", synthetic_arrays(400, 100))
+    monkeypatch.setenv("CIFARTUNE_DATA", str(mirror))
     for path in sorted((REPO / "studies").glob("*.yaml")):
         assert "shared" not in path.read_text(), path
-        result = run_cli(["validate", str(path)], CIFARTUNE_DATA=str(mirror), **no_data_env)
-        assert result.returncode == 0, (path, result.stderr)
+        assert main(["validate", str(path)]) == 0, path
         expected = "bundled slice" if path.stem == "smoke" else f"read from {mirror} (mirror)"
-        assert expected in result.stdout, (path, result.stdout)
+        assert expected in capsys.readouterr().out, path
     out = tmp_path / "run"
     train = run_cli(
         ["train", "--set", "epochs=1", "--set", "data.val_size=100", "--out", str(out)],
@@ -146,6 +149,7 @@ md5 = {md5!r}
 C.train_list = [[f"data_batch_{{i}}", md5[f"data_batch_{{i}}"]] for i in range(1, 6)]
 C.test_list = [["test_batch", md5["test_batch"]]]
 C.meta = {{**C.meta, "md5": md5["batches.meta"]}}
+from cifartune.cli import main
 from cifartune.config import build_trial_config
 from cifartune.data import load_arrays
 arrays = load_arrays(build_trial_config({{}}, {{"data.source": "torchvision"}}).data)

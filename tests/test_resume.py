@@ -151,7 +151,7 @@ def test_killed_at_any_moment_resumes_to_the_uninterrupted_result(tmp_path, unin
 
 
 def test_sigterm_stops_cleanly_resumably_and_leaves_no_process(tmp_path):
-    spec = write_spec(tmp_path, name="term", **FIELDS)
+    spec = write_spec(tmp_path, name="term", **{**FIELDS, "space": {"optim.lr": [0.05]}})
     results = tmp_path / "r" / "term"
     driver = start_study(spec, tmp_path)
     wait_for(lambda: len(epochs_so_far(results)) >= 1)
@@ -169,6 +169,7 @@ def test_sigterm_stops_cleanly_resumably_and_leaves_no_process(tmp_path):
 def test_random_search_repeats_share_a_configuration_and_max_concurrent_holds(tmp_path):
     spec = write_spec(
         tmp_path,
+        base={**TINY_BASE, "epochs": 1},
         space={"optim.lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}},
         search={"algorithm": "random", "samples": 2, "seed": 3},
         repeats=2,
