@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ ENGINE_METRICS = (
 TRIAL_COLUMNS = (
     "trial_id", "group", "variant", "seed", "state", "error", "retries", "max_epochs",
     "epochs_run", "best_epoch", "best_metric", "final_val_top1", "final_train_top1", "time_s",
-    "stop_reason", "cpu_s", "gpu_s",
+    "stop_reason", "cpu_s", "gpu_s", "started_at",
 )  # fmt: skip
 # Keys that vary between repeats of one configuration, or only say where it ran or where its
 # data lives (a study resumed elsewhere keeps its groups).
@@ -157,6 +158,7 @@ class StudyRecorder:
         self._epochs: dict[str, tuple[tuple[int, int], pd.DataFrame]] = {}
         self._states: dict[str, tuple[str, dict[str, Any], str | None]] = {}
         self._retries: dict[str, int] = {}
+        self._started: dict[str, float] = {}  # wall clock when Ray last started the trial
         # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
         # complete (here or before a resume, per the trial table) are finished.
         self._finished: set[str] = set()
@@ -164,6 +166,9 @@ class StudyRecorder:
         if not previous.empty:
             self._finished = set(previous.loc[previous["state"] == "TERMINATED", "trial_id"])
             self._retries = dict(zip(previous["trial_id"], previous["retries"], strict=True))
+            if "started_at" in previous:
+                started = previous.dropna(subset=["started_at"])
+                self._started = dict(zip(started["trial_id"], started["started_at"], strict=True))
 
     def trial_epochs(self, trial_id: str) -> pd.DataFrame:
         """The trial's epoch rows as its process last wrote them (re-read when they change)."""
@@ -180,6 +185,9 @@ class StudyRecorder:
     def record_retry(self, trial_id: str, error: str | None) -> None:
         self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
         log.warning("trial %s failed and is retried from its last checkpoint: %s", trial_id, error)
+
+    def record_start(self, trial_id: str) -> None:
+        self._started[trial_id] = time.time()
 
     def record_complete(self, trial_id: str) -> None:
         self._finished.add(trial_id)
@@ -211,6 +219,7 @@ class StudyRecorder:
             "error": error,
             "retries": self._retries.get(trial_id, 0),
             "max_epochs": flat["epochs"],
+            "started_at": self._started.get(trial_id),
         }
         row.update(summarize_epochs(epochs, self.metric, self.mode, flat["epochs"], state))
         row["cpu_s"] = row["time_s"] * self.cpus

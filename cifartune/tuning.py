@@ -215,6 +215,12 @@ class StudyCallback(tune.Callback):
             "  diverged" if result.get("diverged") else "",
         )
 
+    def on_trial_start(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._recorder.record_start(trial.trial_id)
+        self._sync(trials)
+
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
