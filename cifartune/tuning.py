@@ -20,7 +20,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-import pandas as pd
 import ray
 from ray import tune
 from ray.tune.experiment import Trial
@@ -263,16 +262,9 @@ class StudyCallback(tune.Callback):
         )
         if self.mirror is None or table.empty:
             return
-        epochs = [recorder.trial_epochs(t) for t in table["trial_id"]]
-        try:
-            self.mirror.sync(
-                table,
-                pd.concat(
-                    [e for e in epochs if not e.empty]
-                    or [pd.DataFrame(columns=["trial_id", "epoch"])],
-                    ignore_index=True,
-                ),
-            )
+        try:  # in trial-id order, so a mirror rebuilt from Parquet numbers its trials the same
+            for row in table.sort_values("trial_id").to_dict("records"):
+                self.mirror.update(row, recorder.trial_epochs(row["trial_id"]))
         except Exception as exc:  # the Parquet files stay the truth; the mirror is rebuilt later
             log.warning("Optuna mirror stopped (%s); rebuild it with export-optuna", exc)
             self.mirror = None
