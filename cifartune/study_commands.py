@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
+    from .results import STUDY_FILE
     from .signals import stop_on_sigterm
     from .study import run_study, study_directory
 
@@ -123,8 +125,17 @@ def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
         )
     except KeyboardInterrupt:
         outcome = None
+    except SystemExit as exc:
+        # SIGTERM while ray.init runs meets Ray's own handler (sys.exit(SIGTERM)) before ours
+        # is back: the same stop.
+        if exc.code != signal.SIGTERM:
+            raise
+        outcome = None
     if outcome is not None and outcome.already_completed:
         print("the study is already completed; nothing to do")
+    if not (directory / STUDY_FILE).is_file():  # stopped before its first trial: nothing kept
+        print("study stopped before any trial ran; nothing was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     _print_summary(directory)
     if outcome is None or outcome.state != "completed":
         print(f"study interrupted; continue it with: cifartune resume {directory}", file=sys.stderr)

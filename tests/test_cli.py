@@ -7,18 +7,21 @@ import pandas as pd
 import pytest
 import yaml
 
+from cifartune.cli import build_parser, main
+
 from .helpers import REPO, run_cli
 
 
-def test_help_of_every_command():
-    from cifartune.cli import build_parser
-
+def test_help_of_every_command(capsys):
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert {"train", "run", "resume", "status", "report", "validate"} <= set(commands)
     for args in [["--help"], *([name, "--help"] for name in commands)]:
-        result = run_cli(args)
-        assert result.returncode == 0, result.stderr
-        assert f"usage: cifartune {args[0] if len(args) > 1 else ''}".strip() in result.stdout
+        with pytest.raises(SystemExit) as done:
+            main(args)
+        assert done.value.code == 0
+        usage = f"usage: cifartune {args[0] if len(args) > 1 else ''}".strip()
+        assert usage in capsys.readouterr().out
+    assert run_cli(["--help"]).returncode == 0  # and as a real process
 
 
 def test_debug_shows_the_traceback_that_is_hidden_by_default(tmp_path):
@@ -84,13 +87,15 @@ def test_train_writes_metrics_config_and_checkpoint(tmp_path):
         (["inspect", "--set", "model.dropout=2"], "model.dropout = 2"),
     ],
 )
-def test_bad_input_exits_2_with_one_clear_message_and_no_traceback(tmp_path, args, message):
-    result = run_cli(
-        [*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args, cwd=tmp_path
-    )
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bad_input_exits_2_with_one_clear_message_and_no_traceback(
+    tmp_path, args, message, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code = main([*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
     assert not (tmp_path / "o" / "metrics.parquet").exists()
 
 
@@ -156,13 +161,15 @@ BAD_SPECS = [
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_SPECS)
-def test_bad_spec_exits_2_naming_the_field(tmp_path, text, message):
+def test_bad_spec_exits_2_naming_the_field(tmp_path, text, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "spec.yaml"
     path.write_text(text)
     for command in (["validate", str(path)], ["run", str(path), "--storage", str(tmp_path / "r")]):
-        result = run_cli(command, cwd=tmp_path)
-        assert result.returncode == 2, result.stderr
-        assert message in result.stderr and "Traceback" not in result.stderr
+        code = main(command)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert message in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()  # nothing started, nothing written
 
 

@@ -4,7 +4,6 @@ trials, storage faults. Process-level modes use real processes and signals."""
 import errno
 import os
 import random
-import signal
 import subprocess
 import sys
 
@@ -15,7 +14,8 @@ import yaml
 from cifartune.cli import main
 from cifartune.results import read_parquet_dir, read_study, write_table
 
-from .studies import TINY_BASE, epochs_so_far, start_study, wait_for, write_spec
+from .helpers import run_cli
+from .studies import TINY_BASE, write_spec
 
 VALID = {
     "name": "fuzz",
@@ -161,34 +161,19 @@ def test_full_disk_stops_with_a_message_and_readable_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_study_twice_at_once_is_refused_and_a_finished_one_is_not_rerun(tmp_path):
-    spec = write_spec(tmp_path, base={**TINY_BASE, "epochs": 3}, space={"optim.lr": [0.05, 0.01]})
-    cmd = [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    first = start_study(spec, tmp_path)
-    wait_for((tmp_path / "r" / "tiny" / "study.json").exists, timeout=120)
-    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert second.returncode == 2
-    assert "in use by another cifartune run" in second.stderr
-    _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr
-    rows = len(read_study(tmp_path / "r" / "tiny").epochs)
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert again.returncode == 2 and "already holds this study" in again.stderr
-    resumed = subprocess.run(
-        [*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, env=env
-    )
+def test_a_finished_study_is_not_rerun_nor_mixed_with_another_spec(grid_study, tmp_path):
+    # (A second driver for a running study is refused in test_resume's kill test.)
+    spec = grid_study.parents[1] / "grid.yaml"
+    storage = str(grid_study.parent)
+    rows = len(read_study(grid_study).epochs)
+    again = run_cli(["run", str(spec), "--storage", storage])
+    assert again.returncode == 2 and "already holds this study, completed" in again.stderr
+    resumed = run_cli(["run", str(spec), "--storage", storage, "--resume"])
     assert resumed.returncode == 0 and "already completed" in resumed.stdout
-    assert len(read_study(tmp_path / "r" / "tiny").epochs) == rows == 6
+    assert len(read_study(grid_study).epochs) == rows
     # Another spec under the same name and storage is refused, not mixed in.
-    other = write_spec(tmp_path, base={**TINY_BASE, "epochs": 2})
-    mixed = subprocess.run(
-        [sys.executable, "-m", "cifartune", "run", str(other), "--storage", str(tmp_path / "r")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    other = write_spec(tmp_path, name="grid", base={**TINY_BASE, "epochs": 3})
+    mixed = run_cli(["run", str(other), "--storage", storage])
     assert mixed.returncode == 2 and "made from another spec" in mixed.stderr
 
 
@@ -225,27 +210,3 @@ def test_diverging_and_failing_trials_do_not_stop_the_study(tmp_path):
     for variant in ("ok", "diverges"):
         folder = tmp_path / "r" / "tiny" / "checkpoints" / trials.loc[variant, "trial_id"]
         assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "latest.pt"]
-
-
-@pytest.mark.slow
-def test_worker_killed_beyond_its_retries_is_recorded_as_errored(tmp_path):
-    spec = write_spec(
-        tmp_path,
-        base={**TINY_BASE, "epochs": 8, "data": {**TINY_BASE["data"], "train_subset": 400}},
-        space={"optim.lr": [0.05, 0.01]},
-        retries=0,
-        resources={"cpus": 1, "max_concurrent": 1},
-    )
-    results = tmp_path / "r" / "tiny"
-    driver = start_study(spec, tmp_path)
-    wait_for(lambda: len(epochs_so_far(results)) >= 2)
-    victim = int(epochs_so_far(results)["pid"].iloc[-1])
-    os.kill(victim, signal.SIGKILL)
-    _, stderr = driver.communicate(timeout=300)
-    assert "Traceback" not in stderr
-    study = read_study(results)
-    states = study.trials["stop_reason"].value_counts().to_dict()
-    assert states == {"error": 1, "completed": 1}, states
-    errored = study.trials[study.trials["stop_reason"] == "error"].iloc[0]
-    assert errored["error"] and errored["epochs_run"] >= 2  # reason kept, epochs kept
-    assert driver.returncode == 0  # the study finished: errored trials are results, not a crash
