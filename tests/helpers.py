@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -69,3 +70,45 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+# Metrics that measure time, not training: equal runs differ only there.
+TIMING = ("time/train_s", "time/epoch_s", "time/images_per_s")
+
+
+def without_timings(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
+
+
+def round_trip(state: dict[str, Any]) -> Any:
+    """A checkpoint through torch.save / torch.load onto the CPU, as a real resume reads it."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=False)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def headless_chromium(profile: Path, *args: str) -> list[str]:
+    """Debian's Chromium, headless, with a fresh profile and no background connections (this
+    machine has no network: they would fail, many at a time)."""
+    assert CHROMIUM is not None
+    return [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+    ]

@@ -19,7 +19,7 @@ from cifartune.follow import follow, render_status
 from cifartune.optuna_mirror import OptunaMirror
 from cifartune.results import LOCK_FILE, STUDY_FILE, read_study
 
-from .helpers import run_cli
+from .helpers import CHROMIUM, headless_chromium, run_cli
 from .studies import wait_for
 from .test_optuna_mirror import asha_study, grid_study
 
@@ -91,9 +91,6 @@ def test_status_watch_command_exits_0_when_the_study_is_over(tmp_path):
     assert out.stdout.startswith("\x1b[H\x1b[2Jstudy grid [completed]")
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _get(url):
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
@@ -101,21 +98,7 @@ def _get(url):
 
 def _page_text(url, profile):
     dom = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            url,
-        ],
+        headless_chromium(profile, "--virtual-time-budget=5000", "--dump-dom", url),
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,4 +1,3 @@
-import io
 import math
 import os
 from pathlib import Path
@@ -19,9 +18,8 @@ from cifartune.engine import (
     train_one_epoch,
 )
 
-from .helpers import quick_config, synthetic_arrays
+from .helpers import TIMING, quick_config, round_trip, synthetic_arrays, without_timings
 
-TIMING = ("time/train_s", "time/epoch_s", "time/images_per_s")
 # What `precision` the engine tests run at: auto (this CPU's own choice) unless forced, e.g.
 # CIFARTUNE_TEST_PRECISION=bf16 shows on any CPU what a bf16-native CPU runs. Tests whose
 # thresholds depend on the numerics pin their precision instead.
@@ -30,18 +28,6 @@ TEST_PRECISION = os.environ.get("CIFARTUNE_TEST_PRECISION", "auto")
 
 def config(**overrides):
     return quick_config(**{"precision": TEST_PRECISION, **overrides})
-
-
-def without_timings(history):
-    return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
-
-
-def round_trip(state):
-    """A checkpoint through torch.save / torch.load onto the CPU, as a real resume reads it."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=False)
 
 
 @pytest.fixture(scope="module")

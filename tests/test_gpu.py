@@ -1,6 +1,5 @@
 """The engine on CUDA: skipped without a CUDA device (see conftest.py)."""
 
-import io
 import warnings
 
 import pytest
@@ -10,22 +9,10 @@ from torch import nn
 from cifartune.data import load_bundled, to_device
 from cifartune.engine import build_run, fit, train_one_epoch
 
-from .helpers import quick_config
+from .helpers import quick_config, round_trip, without_timings
 
 pytestmark = pytest.mark.gpu
-TIMING = ("time/train_s", "time/epoch_s", "time/images_per_s")
 ALL_AUGMENTATIONS = "crop+flip+rotate+jitter+cutout"
-
-
-def without_timings(history):
-    return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
-
-
-def round_trip(state):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=False)
 
 
 @pytest.fixture(scope="module")

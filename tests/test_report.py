@@ -1,7 +1,6 @@
 import math
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from cifartune.reports.stats import fmt_estimate, overfitting_table
 from cifartune.reports.verdicts import Outcome, effect
 from cifartune.results import StudyData, read_study
 
-from .helpers import run_cli
+from .helpers import CHROMIUM, headless_chromium, run_cli
 from .studies import fabricate_study, write_spec
 
 GRID_SPEC = {
@@ -274,7 +273,6 @@ def test_report_cli_rejects_a_directory_that_is_not_a_study(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Runs once the page has loaded: records whether every figure decoded and which tables are
 # wider than their container, in attributes that --dump-dom prints.
 PROBE = """<script>window.addEventListener('load', function () {
@@ -298,22 +296,13 @@ def chromium_dom(html_path: Path, profile: Path) -> dict[str, int]:
     probed = html_path.with_name("probed.html")
     probed.write_text(html_path.read_text().replace("</body>", PROBE + "</body>"))
     result = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
+        headless_chromium(
+            profile,
             "--window-size=1280,1000",
             "--virtual-time-budget=5000",
             "--dump-dom",
             probed.as_uri(),
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=180,
