@@ -244,10 +244,10 @@ def _run_locked(
     atomic_write_text(
         directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
-    arrays = load_arrays(trial_config(spec, {}).data)
     _init_ray(address, verbose)
     _check_results_shared(directory)
     check_trials_fit(spec.resources.cpus, spec.resources.gpus)
+    arrays = load_arrays(trial_config(spec, {}).data)  # after the checks that fail in seconds
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},

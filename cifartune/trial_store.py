@@ -148,12 +148,13 @@ class TrialWriter:
         if improved:
             self.best = float(metrics[self.metric])
         last = epoch == self.flat["epochs"] or bool(metrics.get("diverged"))
-        if improved or last or epoch % self.every == 0:
+        due = last or epoch % self.every == 0
+        if improved or due:
             full = {**state(), "sample": self.sample, "best_metric": self.best}
             if improved:
                 best = {"epoch": epoch, "metric": self.best, "model": full["model"]}
                 save_state({**best, "sample": self.sample}, self.folder / BEST)
-            if last or epoch % self.every == 0:
+            if due:
                 save_state(full, self.folder / LATEST)
         row = self._rows([{**metrics, **self.extras, "time/ended_at": time.time()}])
         previous = self.rows[self.rows["epoch"] < epoch] if not self.rows.empty else self.rows
