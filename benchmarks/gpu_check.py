@@ -1,38 +1,43 @@
-"""One-command check of the engine on a GPU (or, with ``--device cpu --quick``, on CI's CPU).
+"""One-command check of the engine on a GPU (or, with ``--device cpu``, on any CPU).
 
     PYTHONPATH=. python benchmarks/gpu_check.py [--device auto|cuda|cpu] [--quick]
-        [--data-dir MIRROR] [--out DIR] [--no-ray]
+        [--images N] [--data-dir MIRROR] [--out DIR] [--no-ray]
 
-Writes ``gpu_check.json`` and a short ``gpu_check.md`` to ``--out``:
+Writes ``gpu_check.json`` (rewritten after every section, so a check cut short keeps what it
+finished) and a short ``gpu_check.md`` to ``--out``:
 
-- device, Python, torch and CUDA versions;
-- images/s of the engine (bf16 where the device has it natively, else fp32) against the usual
-  loop (per-image torchvision transforms through a DataLoader, fp32; ``throughput.py``'s
-  reference) at batch 128 and batch 8;
-- validation accuracy of the same short run in bf16 and in fp32;
+- device, Python, torch, CUDA and cuDNN versions;
+- throughput: images/s of the engine in bf16 and in fp32 against the usual loop (per-image
+  torchvision transforms through a DataLoader, fp32, cuDNN autotuning on: ``throughput.py``'s
+  reference) at batch 128 and batch 8, on a synthetic full-size training set made on the
+  device (45,000 uint8 images; the warm-up epoch is not timed), with the TF32 settings; and
+  the engine with each ``compile`` option (eager, torch.compile, CUDA graphs) with, on CUDA,
+  the kernel launches per training step;
+- validation accuracy of the same short run in bf16 and in fp32 (real images);
 - the resume check: a run resumed from its epoch-1 checkpoint (saved and loaded as a file)
   repeats the uninterrupted run's metrics exactly; on CUDA the checkpoint also resumes on the CPU;
-- aggregate images/s with 1, 2, 4, 8 trials packed on the device, each its own process;
+- aggregate images/s with 1, 2, 4, 8 trials packed on the device, each its own process (a
+  worker that dies, or a deadline passed, stops them all);
 - a Ray Tune smoke study through ``cifartune run`` (trials per minute, per-trial start-up), or a
   note saying why it was skipped (Ray not importable, or ``--no-ray``).
 
-Data: ``--data-dir`` (a mirror directory with train.npz/test.npz), else the bundled slice
-(2,000 train images). Each section that fails records its error and the others still run; the
-exit status is 1 when any section failed, 2 when the project cannot be imported at all.
+Sizes: full (a GPU in about 3 minutes without Ray), ``--quick`` (CI's CPU in about a minute),
+and ``--images N`` caps every image count of either at N (a test runs full mode small).
+Data for the real-image sections: ``--data-dir`` (a mirror directory with train.npz/test.npz),
+else the bundled slice (2,000 train images). Each section that fails records its error and the
+others still run; the exit status is 1 when any section failed, 2 when the project cannot be
+imported at all.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +47,6 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-TIMING = ("time/train_s", "time/epoch_s", "time/images_per_s")
 Report = dict[str, Any]
 
 
@@ -60,224 +64,65 @@ def versions() -> Report:
     }
 
 
-def sizes(quick: bool, device: torch.device, available: int) -> Report:
-    """Work per section: `quick` fits CI's CPU in about a minute, the full set one GPU in < 8.
-    Image counts are capped at the `available` training images (the bundled slice has 1,990
-    once 10 are held out)."""
+def sizes(quick: bool, device: torch.device, train_images: int, cap: int | None = None) -> Report:
+    """Work per section: `quick` fits CI's CPU in about a minute, the full set one GPU in about
+    3 minutes (Ray aside). `cap` (``--images``) bounds every image count. The real-image
+    sections are capped at what the `train_images` of the data leave after their validation
+    split (the bundled slice has 2,000)."""
     size = _quick_sizes() if quick else _full_sizes(device)
-    for key in ("images_128", "images_8", "packed_images", "resume_images"):
-        size[key] = min(size[key], available)
+    if cap is not None:
+        for key in ("synthetic_images", "images_8", "packed_images", "resume_images"):
+            size[key] = min(size[key], cap)
+        size["short_run"]["train_subset"] = min(size["short_run"]["train_subset"] or cap, cap)
+    if size["short_run"]["train_subset"] is not None:  # default validation split: 10%
+        left = train_images - train_images // 10
+        size["short_run"]["train_subset"] = min(size["short_run"]["train_subset"], left)
+    size["packed_images"] = min(size["packed_images"], train_images - 10)  # val_size 10
+    size["resume_val"] = min(size["resume_val"], train_images // 10)
+    size["resume_images"] = min(size["resume_images"], train_images - size["resume_val"])
     return size
 
 
 def _quick_sizes() -> Report:
     return {
-        "images_128": 256,
+        "synthetic_images": 256,
         "images_8": 64,
         "repeats": 1,
         "workers": 1,
+        "compile_modes": ["none"],  # compiling takes a CPU about a minute: full mode only
         "short_run": {"epochs": 1, "train_subset": 128, "batch_size": 32},
         "resume_epochs": 2,
         "resume_images": 256,
+        "resume_val": 100,
         "packed": [1, 2],
         "packed_images": 256,
         "packed_epochs": 1,
+        "packed_deadline_s": 300,
         "ray_trials": 2,
     }
 
 
 def _full_sizes(device: torch.device) -> Report:
+    cuda = device.type == "cuda"
     return {
-        "images_128": 10_000,
-        "images_8": 2_000,
+        # CIFAR-10's training split: what a trial trains on. A CPU, compute-bound from the first
+        # batch, measures the same speed on fewer (and 45,000 would take it an hour here).
+        "synthetic_images": 45_000 if cuda else 5_000,
+        # Batch 8 is launch-bound: its speed per image does not depend on the set's size.
+        "images_8": 10_000 if cuda else 1_000,
         "repeats": 3,
         "workers": min(8, os.cpu_count() or 2),
+        "compile_modes": ["none", "model", "cudagraphs"],
         "short_run": {"epochs": 8, "train_subset": None, "batch_size": 128},
         "resume_epochs": 3,
         "resume_images": 5_000,
+        "resume_val": 1_000,
         "packed": [1, 2, 4, 8],
         "packed_images": 10_000,
         "packed_epochs": 4,
-        "ray_trials": 8 if device.type == "cuda" else 4,
+        "packed_deadline_s": 600,
+        "ray_trials": 8 if cuda else 4,
     }
-
-
-def trial_config(device: torch.device, **overrides: Any) -> Any:
-    from cifartune.config import build_trial_config
-
-    base = {
-        "device": device.type,
-        "data.source": "bundled",  # the arrays are passed in; keeps validation offline
-        "data.augment": "crop+flip",
-        "data.normalize": "standardize",
-        "optim.name": "momentum",
-        "optim.lr": 0.02,
-        "optim.weight_decay": 5e-4,
-    }
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return build_trial_config({}, base)
-
-
-def check_throughput(arrays: Any, device: torch.device, size: Report) -> Report:
-    from throughput import measure_engine, measure_reference
-
-    from cifartune.engine import resolve_precision
-
-    precision = resolve_precision("auto", device)
-    out: Report = {"engine_precision": precision, "reference_workers": size["workers"]}
-    for batch, images in ((128, size["images_128"]), (8, size["images_8"])):
-        common = {"images": images, "batch_size": batch, "repeats": size["repeats"]}
-        engine = statistics.median(
-            measure_engine(arrays, **common, device=device, precision=precision)
-        )
-        reference = statistics.median(
-            measure_reference(arrays, **common, workers=size["workers"], device=device)
-        )
-        out[f"batch_{batch}"] = {
-            "images": images,
-            "engine_img_s": round(engine, 1),
-            "reference_img_s": round(reference, 1),
-            "ratio": round(engine / reference, 2),
-        }
-    return out
-
-
-def check_precisions(arrays: Any, device: torch.device, size: Report) -> Report:
-    from cifartune.engine import fit
-
-    out: Report = {}
-    for precision in ("fp32", "bf16"):
-        short = size["short_run"]
-        config = trial_config(
-            device,
-            precision=precision,
-            epochs=short["epochs"],
-            batch_size=short["batch_size"],
-            **{"data.train_subset": short["train_subset"]},
-        )
-        start = time.perf_counter()
-        last = fit(config, arrays).history[-1]
-        out[precision] = {
-            "val_top1": round(last["val/top1"], 2),
-            "val_loss": round(last["val/loss"], 4),
-            "train_loss": round(last["train/loss"], 4),
-            "seconds": round(time.perf_counter() - start, 1),
-        }
-    out["epochs"] = size["short_run"]["epochs"]
-    out["val_top1_diff"] = round(out["bf16"]["val_top1"] - out["fp32"]["val_top1"], 2)
-    return out
-
-
-def _round_trip(state: Report) -> Report:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    loaded: Report = torch.load(buffer, map_location="cpu", weights_only=False)
-    return loaded
-
-
-def check_resume(arrays: Any, device: torch.device, size: Report) -> Report:
-    from cifartune.engine import fit
-
-    config = trial_config(
-        device,
-        epochs=size["resume_epochs"],
-        batch_size=64,
-        **{
-            "data.train_subset": size["resume_images"],
-            "data.augment": "crop+flip+cutout",
-            "model.dropout": 0.3,
-        },
-    )
-    states: dict[int, Report] = {}
-
-    def keep(metrics: Report, thunk: Callable[[], Report]) -> None:
-        states[metrics["epoch"]] = thunk()
-
-    full = fit(config, arrays, report=keep)
-    checkpoint = _round_trip(states[1])
-    resumed = fit(config, arrays, resume=checkpoint)
-
-    def metrics(history: list[Report]) -> list[Report]:
-        return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
-
-    out: Report = {
-        "epochs": config.epochs,
-        "exact": metrics(resumed.history) == metrics(full.history),
-        "val_top1": [m["val/top1"] for m in full.history],
-        "resumed_val_top1": [m["val/top1"] for m in resumed.history],
-    }
-    if device.type == "cuda":
-        on_cpu = fit(config.model_copy(update={"device": "cpu"}), arrays, resume=checkpoint)
-        out["cuda_checkpoint_resumes_on_cpu"] = on_cpu.status == "completed" and (
-            len(on_cpu.history) == config.epochs
-        )
-    return out
-
-
-def packed_worker(args: argparse.Namespace) -> None:
-    """One packed trial: load, warm up, wait for the others, then time `--epochs` epochs."""
-    from throughput import load_data
-
-    from cifartune.data import to_device
-    from cifartune.engine import build_run, train_one_epoch
-
-    device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    config = trial_config(
-        device, batch_size=128, **{"data.train_subset": args.images, "data.val_size": 10}
-    )
-    run = build_run(config, to_device(load_data(args.data_dir), config.data, device))
-    train_one_epoch(run)  # warm-up: allocator, cuDNN, kernels
-    Path(args.ready).touch()
-    while not Path(args.go).exists():
-        time.sleep(0.01)
-    start = time.time()
-    images = sum(
-        round(m["time/images_per_s"] * m["time/train_s"])
-        for m in (train_one_epoch(run) for _ in range(args.epochs))
-    )
-    print(json.dumps({"images": images, "start": start, "end": time.time()}))
-
-
-def check_packing(device: torch.device, size: Report, data_dir: str | None) -> Report:
-    out: Report = {"images_per_trial_epoch": size["packed_images"], "epochs": size["packed_epochs"]}
-    for n in size["packed"]:
-        with tempfile.TemporaryDirectory() as tmp:
-            go = Path(tmp) / "go"
-            threads = max(1, (os.cpu_count() or 1) // n)
-            procs = []
-            for i in range(n):
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    f"--device={device}",
-                    f"--images={size['packed_images']}",
-                    f"--epochs={size['packed_epochs']}",
-                    f"--threads={threads}",
-                    f"--ready={Path(tmp) / str(i)}",
-                    f"--go={go}",
-                ]
-                if data_dir:
-                    command.append(f"--data-dir={data_dir}")
-                procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
-            while not all((Path(tmp) / str(i)).exists() for i in range(n)):
-                if any(p.poll() not in (None, 0) for p in procs):
-                    raise RuntimeError(f"a packed trial process failed before starting ({n})")
-                time.sleep(0.05)
-            go.touch()
-            results = []
-            for p in procs:
-                stdout, _ = p.communicate(timeout=600)
-                if p.returncode != 0:
-                    raise RuntimeError(f"a packed trial process exited with {p.returncode}")
-                results.append(json.loads(stdout.strip().splitlines()[-1]))
-        wall = max(r["end"] for r in results) - min(r["start"] for r in results)
-        total = sum(r["images"] for r in results)
-        out[str(n)] = {"aggregate_img_s": round(total / wall, 1), "wall_s": round(wall, 2)}
-    return out
 
 
 def check_ray(device: torch.device, size: Report, data_dir: str | None, out_dir: Path) -> Report:
@@ -350,16 +195,24 @@ def markdown(report: Report) -> str:
     v = report["versions"]
     lines.append(
         f"torch {v['torch']}, CUDA {v['cuda']}, Python {v['python']}, GPU {v['gpu']}, "
-        f"{report['wall_s']} s in all{' (quick)' if report['quick'] else ''}"
+        f"{report.get('wall_s')} s in all{' (quick)' if report['quick'] else ''}"
     )
     lines.append("")
+    speed = report["sections"].get("throughput", {})
+    rows = [(k, speed[k]) for k in ("batch_128", "batch_8") if k in speed]
+    if rows:  # the numbers people look for, before the full sections
+        lines += [
+            "| batch | images | engine bf16 img/s | engine fp32 img/s | reference fp32 img/s |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, row in rows:
+            lines.append(
+                f"| {key.split('_')[1]} | {row['images']} | {row['engine_bf16_img_s']} | "
+                f"{row['engine_fp32_img_s']} | {row['reference_fp32_img_s']} |"
+            )
+        lines.append("")
     for name, section in report["sections"].items():
-        lines.append(f"## {name}")
-        lines.append("")
-        lines.append("```json")
-        lines.append(json.dumps(section, indent=1))
-        lines.append("```")
-        lines.append("")
+        lines += [f"## {name}", "", "```json", json.dumps(section, indent=1), "```", ""]
     return "\n".join(lines)
 
 
@@ -369,23 +222,29 @@ def main() -> None:
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--quick", action="store_true", help="CI-sized: about a minute on a CPU")
+    parser.add_argument("--images", type=int, help="cap every section's image count at this")
     parser.add_argument("--data-dir", help="CIFAR-10 mirror directory (default: bundled slice)")
     parser.add_argument("--out", default="gpu_check", help="directory for the JSON and Markdown")
     parser.add_argument("--no-ray", dest="ray", action="store_false", help="skip the Ray study")
     # Internal: one packed trial process.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    for name in ("--images", "--epochs", "--threads"):
+    for name in ("--worker-images", "--worker-epochs", "--threads"):
         parser.add_argument(name, type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
     parser.add_argument("--ready", help=argparse.SUPPRESS)
     parser.add_argument("--go", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        from gpu_sections import packed_worker
+
+        args.images, args.epochs = args.worker_images, args.worker_epochs
         packed_worker(args)
         return
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: Report = {"quick": args.quick, "versions": versions(), "sections": {}}
     try:
+        import gpu_sections as sections
         from throughput import load_data
 
         from cifartune.engine import resolve_device
@@ -399,13 +258,14 @@ def main() -> None:
     device = resolve_device(args.device)
     report["device"] = str(device)
     arrays = load_data(args.data_dir)
-    size = sizes(args.quick, device, available=len(arrays.train_labels) - 10)
+    size = sizes(args.quick, device, len(arrays.train_labels), args.images)
     report["data"] = {"dir": args.data_dir or "bundled slice", "train": len(arrays.train_labels)}
+    report["sizes"] = size
     checks: dict[str, Callable[[], Report]] = {
-        "throughput": lambda: check_throughput(arrays, device, size),
-        "precision": lambda: check_precisions(arrays, device, size),
-        "resume": lambda: check_resume(arrays, device, size),
-        "packing": lambda: check_packing(device, size, args.data_dir),
+        "throughput": lambda: sections.check_throughput(arrays, device, size),
+        "precision": lambda: sections.check_precisions(arrays, device, size),
+        "resume": lambda: sections.check_resume(arrays, device, size),
+        "packing": lambda: sections.check_packing(device, size, args.data_dir),
         "ray": lambda: (
             check_ray(device, size, args.data_dir, out_dir) if args.ray else {"skipped": "--no-ray"}
         ),
@@ -420,10 +280,11 @@ def main() -> None:
             report["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             failed = True
         report["sections"][name]["section_s"] = round(time.perf_counter() - began, 1)
+        report["wall_s"] = round(time.perf_counter() - start, 1)
         print(f"{name}: {json.dumps(report['sections'][name])}", flush=True)
-    report["wall_s"] = round(time.perf_counter() - start, 1)
-    (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "gpu_check.md").write_text(markdown(report))
+        # Rewritten after every section: a check cut short by a timeout keeps what it finished.
+        (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1))
+        (out_dir / "gpu_check.md").write_text(markdown(report))
     print(f"wrote {out_dir / 'gpu_check.json'} and gpu_check.md in {report['wall_s']} s")
     sys.exit(1 if failed else 0)
 

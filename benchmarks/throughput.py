@@ -8,7 +8,8 @@ Both loops train the seed network with the same batch size, augmentation (random
 - engine: uint8 tensor on the device, batched augmentation, the engine's precision/layout
   settings (``--precision``, ``--no-channels-last``);
 - reference: torchvision ``datasets``-style per-sample PIL transforms through a ``DataLoader``
-  (``--workers`` processes), fp32, NCHW.
+  (``--workers`` processes), fp32, NCHW, with the cuDNN settings its user would have
+  (autotuning on; the engine's deterministic algorithms are switched off for it alone).
 
 Prints images/s per loop (median of ``--repeats`` epochs, after one warm-up epoch) and the ratio.
 """
@@ -16,8 +17,10 @@ Prints images/s per loop (median of ``--repeats`` epochs, after one warm-up epoc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,9 +29,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cifartune.config import build_trial_config
-from cifartune.data import CifarArrays, load_bundled, load_mirror, to_device
-from cifartune.engine import build_run, resolve_device, resolve_precision, train_one_epoch
+from cifartune.config import TrialConfig, build_trial_config
+from cifartune.data import CifarArrays, DeviceData, load_bundled, load_mirror, to_device
+from cifartune.engine import Run, build_run, resolve_device, resolve_precision, train_one_epoch
 from cifartune.model import SeedNet
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -67,6 +70,18 @@ def reference_epoch(
     return seen / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def user_cudnn() -> Iterator[None]:
+    """cuDNN as a plain PyTorch script has it (autotuning on, nondeterministic algorithms
+    allowed), for the body only: the engine's build_run sets the opposite process-wide."""
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
 def load_data(data_dir: str | None) -> CifarArrays:
     """A CIFAR-10 mirror directory (train.npz/test.npz), else the bundled slice."""
     return load_mirror(data_dir) if data_dir else load_bundled()
@@ -102,39 +117,56 @@ def measure_reference(
     torch.manual_seed(0)
     model = SeedNet().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    reference_epoch(loader, model, optimizer, device)  # warm-up (worker start, allocator)
-    return [reference_epoch(loader, model, optimizer, device) for _ in range(repeats)]
+    with user_cudnn():
+        reference_epoch(loader, model, optimizer, device)  # warm-up (worker start, allocator)
+        return [reference_epoch(loader, model, optimizer, device) for _ in range(repeats)]
 
 
-def measure_engine(
-    arrays: CifarArrays,
-    *,
-    images: int,
-    batch_size: int,
-    repeats: int,
-    device: torch.device,
-    precision: str,
-    channels_last: bool = True,
-) -> list[float]:
-    """Images/s of `repeats` training epochs of the engine, after one warm-up epoch."""
-    config = build_trial_config(
+def engine_config(
+    batch_size: int, precision: str, *, channels_last: bool = True, compile_mode: str = "none"
+) -> TrialConfig:
+    """The engine's settings for the loops compared here (crop+flip, standardize, momentum)."""
+    return build_trial_config(
         {},
         {
             "batch_size": batch_size,
             "precision": precision,
             "channels_last": channels_last,
-            "data.source": "bundled",  # unused: the arrays are given; keeps validation offline
+            "compile": compile_mode,
+            "data.source": "bundled",  # unused: the data is given; keeps validation offline
             "data.augment": "crop+flip",
             "data.normalize": "standardize",
             "data.val_size": 10,
-            "data.train_subset": images,
             "optim.name": "momentum",
             "optim.lr": 0.01,
         },
     )
-    run = build_run(config, to_device(arrays, config.data, device))
+
+
+def real_data(arrays: CifarArrays, images: int, device: torch.device) -> DeviceData:
+    """`images` stratified training images of `arrays` on `device` (10 held out)."""
+    cfg = engine_config(128, "fp32").data.model_copy(update={"train_subset": images})
+    return to_device(arrays, cfg, device)
+
+
+def synthetic_data(images: int, device: torch.device, seed: int = 0) -> DeviceData:
+    """Random uint8 NCHW images shaped like CIFAR-10's, made on `device` (no host copy, no
+    transfer), with random labels: throughput does not depend on what the pixels show."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randint(0, 256, (images, 3, 32, 32), generator=gen, device=device).to(torch.uint8)
+    y = torch.randint(0, 10, (images,), generator=gen, device=device)
+    none = np.zeros((0, 32, 32, 3), np.uint8)
+    return DeviceData(x, y, x[:10], y[:10], none, np.zeros(0, np.int64))
+
+
+def measure_engine(
+    data: DeviceData, config: TrialConfig, *, repeats: int
+) -> tuple[list[float], Run]:
+    """Images/s of `repeats` training epochs of the engine on `data`, after one warm-up epoch
+    (allocator, cuDNN, compilation), and the run (to profile it further)."""
+    run = build_run(config, data)
     train_one_epoch(run)  # warm-up
-    return [train_one_epoch(run)["time/images_per_s"] for _ in range(repeats)]
+    return [train_one_epoch(run)["time/images_per_s"] for _ in range(repeats)], run
 
 
 def main() -> None:
@@ -157,6 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     arrays = load_data(args.data_dir)
+    data = real_data(arrays, args.images, device)
     sizes = {"images": args.images, "batch_size": args.batch_size, "repeats": args.repeats}
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, {args.images} images/epoch, "
@@ -166,8 +199,10 @@ def main() -> None:
     engines = {
         p: statistics.median(
             measure_engine(
-                arrays, **sizes, device=device, precision=p, channels_last=args.channels_last
-            )
+                data,
+                engine_config(args.batch_size, p, channels_last=args.channels_last),
+                repeats=args.repeats,
+            )[0]
         )
         for p in args.precision or ["auto"]
     }

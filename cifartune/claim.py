@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
-from .results import LOCK_FILE, STUDY_FILE, atomic_write_text
+from .results import LOCK_FILE, SPEC_FILE, STUDY_FILE, atomic_write_text
 from .spec import StudySpec, spec_hash
 from .storage import Location
 
@@ -123,6 +123,27 @@ def describe_driver(meta: Mapping[str, Any]) -> str:
     )
 
 
+def spec_changes(directory: Location, spec: StudySpec, most: int = 6) -> str:
+    """What differs between the spec a study directory holds and `spec`, key by key."""
+    from .config import flatten, load_yaml_text
+
+    stored_path = directory / SPEC_FILE
+    if not stored_path.is_file():
+        return "its spec.yaml is missing"
+    stored = flatten(load_yaml_text(stored_path.read_text(), str(stored_path)))
+    new = flatten(spec.model_dump(mode="json"))
+    keys = [
+        k
+        for k in sorted(set(stored) | set(new))
+        if stored.get(k) != new.get(k) and k not in ("storage", "description")
+    ]
+    if not keys:
+        return "the same keys, made by another cifartune version"
+    shown = [f"{k}: {stored.get(k)!r} there, {new.get(k)!r} here" for k in keys[:most]]
+    more = f", and {len(keys) - most} more" if len(keys) > most else ""
+    return "; ".join(shown) + more
+
+
 def claim(directory: Location, spec: StudySpec, resume: bool) -> dict[str, Any] | None:
     """Refuse to mix two studies in one directory; return the earlier metadata when resuming.
     Called with the directory's file lock held (local storage), so a 'running' study found
@@ -136,7 +157,7 @@ def claim(directory: Location, spec: StudySpec, resume: bool) -> dict[str, Any] 
     if previous.get("spec_hash") != digest:
         raise ConfigError(
             f"{directory} holds study {previous.get('name')!r} made from another spec "
-            f"(hash {previous.get('spec_hash')} != {digest}); use another --storage or study name"
+            f"({spec_changes(directory, spec)}); use another --storage or study name"
         )
     lock_free = True if directory.local else None
     if previous.get("state") == "running" and not driver_gone(previous, lock_free=lock_free):

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from .config import load_trial_config
 from .errors import CifartuneError
@@ -110,10 +111,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .data import describe_source
-    from .spec import load_spec, trial_config, trial_count
+    from .spec import data_probes, load_spec, trial_config, trial_count
 
     spec = load_spec(args.spec, args.overrides)
-    data = describe_source(trial_config(spec, {}).data)
+    # What depends on the data too (a subset larger than the images), for every configuration
+    # the study can run, from the data's file headers: no image is loaded.
+    data = describe_source(trial_config(spec, {}).data, also=data_probes(spec))
     print(
         f"{args.spec}: valid study '{spec.name}' ({trial_count(spec)} trials, "
         f"{spec.search.algorithm} search, {spec.scheduler.name} scheduler; data: {data})"
@@ -141,34 +144,78 @@ def _optuna_storage_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default where it has a meaningful one (not None, False or empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, [], argparse.SUPPRESS) or "default" in text or not text:
+            return text
+        return f"{text} (default: {default})"
+
+
+def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks on errors"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default, help="more log output (Ray's too)"
+    )
+
+
+def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help describes it; --debug and -v work after its name too (their
+    SUPPRESS default keeps the value given before the name)."""
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+    return cast(
+        argparse.ArgumentParser,
+        sub.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            parents=[common],
+            formatter_class=_HelpFormatter,
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cifartune", description="Hyperparameter studies of CIFAR-10 classifiers on Ray Tune."
+        prog="cifartune",
+        description="Hyperparameter studies of CIFAR-10 classifiers on Ray Tune.",
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    _global_options(parser, None)
+    parser.set_defaults(debug=False, verbose=0)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train one configuration locally, without Ray")
+    train = _command(sub, "train", "train one configuration locally, without Ray")
     _trial_config_args(train)
     train.add_argument("--out", type=Path, help="output directory (default runs/train-<time>)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides `device`")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.set_defaults(func=cmd_train)
 
-    inspect = sub.add_parser("inspect", help="print the network's layer table (seed Q7, Q10)")
+    inspect = _command(sub, "inspect", "print the network's layer table (seed Q7, Q10)")
     _trial_config_args(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
-    validate = sub.add_parser("validate", help="check a study spec fully; start nothing")
-    validate.add_argument("spec", type=Path)
+    validate = _command(sub, "validate", "check a study spec fully; start nothing")
+    validate.add_argument("spec", type=Path, help="the study spec (YAML), e.g. studies/smoke.yaml")
     validate.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key as run would, e.g. --set base.epochs=2 (repeatable)",
     )
     validate.set_defaults(func=cmd_validate)
 
-    run = sub.add_parser("run", help="run a study on Ray Tune")
-    run.add_argument("spec", type=Path)
+    run = _command(sub, "run", "run a study on Ray Tune")
+    run.add_argument("spec", type=Path, help="the study spec (YAML), e.g. studies/smoke.yaml")
     run.add_argument(
         "--set",
         dest="overrides",
@@ -186,9 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    resume = sub.add_parser(
-        "resume", help="continue an interrupted study from its results directory"
-    )
+    resume = _command(sub, "resume", "continue an interrupted study from its results directory")
     resume.add_argument("results", help="the study's results directory (path or URI)")
     errored = resume.add_mutually_exclusive_group()
     errored.add_argument(
@@ -215,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _optuna_storage_arg(resume)
     resume.set_defaults(func=cmd_resume, restart_errored=False)
 
-    status = sub.add_parser("status", help="summarize a running or finished study")
+    status = _command(sub, "status", "summarize a running or finished study")
     status.add_argument("results", help="the study's results directory (path or URI)")
     status.add_argument("--watch", action="store_true", help="redraw until the study stops")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws")
@@ -223,26 +268,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     storage_help = "Optuna storage URL (sqlite:///x.db, ...) or journal file (default: "
     storage_help += "RESULTS_DIR/optuna.journal)"
-    export = sub.add_parser("export-optuna", help="mirror a study into an Optuna storage")
+    export = _command(sub, "export-optuna", "mirror a study into an Optuna storage")
     export.add_argument("results", type=Path, help="the study's results directory")
     export.add_argument("--storage", help=storage_help)
     export.set_defaults(func=cmd_export_optuna)
 
-    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on a running or finished study")
+    dashboard = _command(sub, "dashboard", "optuna-dashboard on a running or finished study")
     dashboard.add_argument("results", type=Path, help="the study's results directory")
     dashboard.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     dashboard.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     dashboard.add_argument("--storage", help=storage_help)
     dashboard.set_defaults(func=cmd_dashboard)
 
-    submit = sub.add_parser("submit", help="run a study as a Ray Job on a cluster")
+    submit = _command(sub, "submit", "run a study as a Ray Job on a cluster")
     submit.add_argument("spec", type=Path, help="the study spec, inside --working-dir")
     submit.add_argument(
         "--address",
         help="the head's Jobs server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
     )
     submit.add_argument("--storage", help="results root every node reaches, e.g. s3://BUCKET/X")
-    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, passed on to the job's cifartune run (repeatable)",
+    )
     submit.add_argument(
         "--working-dir", type=Path, default=Path("."), help="uploaded with the job (default: .)"
     )
@@ -251,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.set_defaults(func=cmd_submit)
 
-    report = sub.add_parser("report", help="HTML + Markdown report of one or several studies")
+    report = _command(sub, "report", "HTML + Markdown report of one or several studies")
     report.add_argument("results", nargs="+", help="study results directories (paths or URIs)")
     report.add_argument("--out", type=Path, help="output directory (default reports/<study>)")
     report.add_argument("--title", help="report title")
@@ -262,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a supervised child reruns
     logging.basicConfig(
         level=logging.WARNING - 10 * args.verbose,
         format="%(asctime)s %(message)s",

@@ -9,9 +9,10 @@ import logging
 import os
 import pickle
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ IMAGE_SHAPE = (32, 32, 3)
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
 )  # fmt: skip
+TORCHVISION_TRAIN_IMAGES = 50_000  # CIFAR-10's training set: a torchvision root holds all of it
 MIRROR_LAYOUT = (
     "train.npz and test.npz, each with 'images' uint8 (N, 32, 32, 3) HWC RGB and 'labels' (N,) "
     "integers in 0..9"
@@ -174,8 +176,13 @@ class DataSource:
     def describe(self) -> str:
         if self.kind == "bundled":
             return "the bundled slice"
-        verb = "downloaded into" if self.kind == "torchvision" and self.download else "read from"
+        present = self.kind != "torchvision" or _has_torchvision_copy(self.location)
+        verb = "read from" if present or not self.download else "to be downloaded into"
         return f"CIFAR-10 {verb} {self.location} ({self.kind})"
+
+
+def _has_torchvision_copy(location: str) -> bool:
+    return not is_uri(location) and (Path(location).expanduser() / "cifar-10-batches-py").is_dir()
 
 
 def _has_mirror(location: str) -> bool:
@@ -200,9 +207,82 @@ def resolve_source(cfg: DataConfig) -> DataSource:
     return DataSource(kind, location, cfg.download)
 
 
-def describe_source(cfg: DataConfig) -> str:
-    """Check, without reading the images, that the data `cfg` names can be read or downloaded;
-    raise DataError naming the field, the location and the fix. Returns what will be loaded."""
+def _npy_rows(archive: Path | IO[bytes], member: str, where: str) -> int:
+    """Images in array `member` of an npz, from its .npy header alone: the zip's directory and
+    the member's first bytes are read (a few hundred bytes, compressed or not), no image."""
+    fmt = np.lib.format
+    try:
+        with zipfile.ZipFile(archive) as npz, npz.open(f"{member}.npy") as array:
+            version = fmt.read_magic(array)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, _ = read(array)
+    except KeyError:
+        raise DataError(f"{where}: no array {member!r}; expected {MIRROR_LAYOUT}") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        raise DataError(
+            f"{where}: unreadable or truncated npz ({exc}); expected {MIRROR_LAYOUT}"
+        ) from None
+    if len(shape) != 4 or tuple(shape[1:]) != IMAGE_SHAPE:
+        raise DataError(f"{where}: images have shape {shape}, expected (N, 32, 32, 3) HWC")
+    return int(shape[0])
+
+
+def train_image_count(source: DataSource) -> int:
+    """How many training images `source` holds, known without loading them."""
+    if source.kind == "torchvision":
+        return TORCHVISION_TRAIN_IMAGES
+    if source.kind == "bundled":
+        return _npy_rows(bundled_path(), "train_images", str(bundled_path()))
+    if not is_uri(source.location):
+        path = Path(source.location).expanduser() / "train.npz"
+        return _npy_rows(path, "images", str(path))
+    # In an object store, a random-access file: zipfile seeks to the directory at the end and
+    # to the header, so a few ranged reads stand for the whole object.
+    target = _object(source.location) / "train.npz"
+    try:
+        with target.filesystem.open_input_file(target.path) as handle:
+            return _npy_rows(handle, "images", target.uri)
+    except OSError as exc:
+        raise DataError(f"{target.uri}: cannot read ({exc}); expected {MIRROR_LAYOUT}") from None
+
+
+def _origin(source: DataSource) -> str:
+    if source.kind == "bundled":
+        return "the bundled slice"
+    if source.kind == "mirror":
+        return f"the mirror {source.location}"
+    return f"CIFAR-10 (torchvision, {source.location})"
+
+
+def size_problems(cfg: DataConfig, train_images: int, origin: str) -> list[str]:
+    """What in `cfg` asks for more images than `origin`'s `train_images`, one line each,
+    naming the field, the value, the images available and the largest value that fits."""
+    val_size = cfg.val_size if cfg.val_size is not None else train_images // 10
+    if val_size >= train_images:
+        return [
+            f"data.val_size = {cfg.val_size}: {origin} has {train_images} training images and "
+            f"the validation split must leave some to train on; use at most {train_images - 1}"
+        ]
+    left = train_images - val_size
+    if cfg.train_subset is not None and cfg.train_subset > left:
+        split = "data.val_size" if cfg.val_size is not None else "data.val_size unset: 10%"
+        return [
+            f"data.train_subset = {cfg.train_subset}: {origin} has {train_images} training "
+            f"images; {left} are left after the validation split of {val_size} ({split}); "
+            f"use at most {left}"
+        ]
+    return []
+
+
+def describe_source(cfg: DataConfig, also: Iterable[tuple[str, DataConfig]] = ()) -> str:
+    """Check, without reading the images, that the data `cfg` names can be read or downloaded
+    and holds the images `cfg` asks for; raise DataError naming the field, the location and
+    the fix. Returns what will be loaded.
+
+    `also`: (where, data section) of the study's other configurations (variants, space
+    values, see :func:`cifartune.spec.data_probes`), whose sizes are checked against the same
+    data; a problem there is prefixed with its `where`.
+    """
     source = resolve_source(cfg)
     where = (
         f"data.dir = {cfg.dir!r}"
@@ -214,16 +294,21 @@ def describe_source(cfg: DataConfig) -> str:
         f"point data.dir or {DATA_ENV} at a CIFAR-10 copy ({MIRROR_LAYOUT}, or torchvision's "
         "cifar-10-batches-py), or allow data.download=true"
     )
-    if source.kind == "mirror":
-        if not _has_mirror(source.location):
-            raise DataError(f"{where}: no train.npz there; {fix}")
-        return source.describe()
+    if source.kind == "mirror" and not _has_mirror(source.location):
+        raise DataError(f"{where}: no train.npz there; {fix}")
     if source.kind == "torchvision":
         if is_uri(source.location):
             raise DataError(f"{where}: an object-store location must hold a mirror; {fix}")
         batches = Path(source.location).expanduser() / "cifar-10-batches-py"
         if not batches.is_dir() and not source.download:
             raise DataError(f"{where}: holds no CIFAR-10 and data.download is false; {fix}")
+    count, origin = train_image_count(source), _origin(source)
+    problems = size_problems(cfg, count, origin)
+    for label, other in also:  # a problem base has already is not repeated per configuration
+        lines = size_problems(other, count, origin)
+        problems += [f"{label}: {line}" for line in lines if line not in problems]
+    if problems:
+        raise DataError("\n".join(dict.fromkeys(problems)))
     return source.describe()
 
 
@@ -251,6 +336,15 @@ def stratified_take(labels: np.ndarray, count: int, rng: np.random.Generator) ->
     return np.sort(np.concatenate(chosen))
 
 
+def _stratified(labels: np.ndarray, count: int, rng: np.random.Generator, field: str) -> np.ndarray:
+    # A class too small for its share is only known from the labels, so it is caught here, in
+    # the trial, and named by the field that asked for the draw.
+    try:
+        return stratified_take(labels, count, rng)
+    except DataError as exc:
+        raise DataError(f"{field}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class SplitIndices:
     train: np.ndarray
@@ -267,7 +361,7 @@ def split_indices(labels: np.ndarray, cfg: DataConfig) -> SplitIndices:
     if val_size >= n:
         raise DataError(f"data.val_size={val_size} leaves no training images out of {n}")
     rng = np.random.default_rng(cfg.split_seed)
-    val = stratified_take(labels, val_size, rng)
+    val = _stratified(labels, val_size, rng, f"data.val_size={val_size}")
     rest = np.setdiff1d(np.arange(n), val, assume_unique=True)
     if cfg.train_subset is not None:
         if cfg.train_subset > len(rest):
@@ -276,39 +370,72 @@ def split_indices(labels: np.ndarray, cfg: DataConfig) -> SplitIndices:
                 f"left after the validation split of {val_size}"
             )
         subset_rng = np.random.default_rng([cfg.split_seed, 1])
-        rest = rest[stratified_take(labels[rest], cfg.train_subset, subset_rng)]
+        where = f"data.train_subset={cfg.train_subset} (after the validation split)"
+        rest = rest[_stratified(labels[rest], cfg.train_subset, subset_rng, where)]
     return SplitIndices(train=rest, val=val)
 
 
 @dataclass(frozen=True)
 class DeviceData:
-    """The tensors a run trains on, on its device: images uint8 NCHW, labels int64."""
+    """The tensors a run trains on, on its device: images uint8 NCHW, labels int64. The test
+    split stays on the host (HWC) until ``test_x``/``test_y`` is first read: only ``eval_test``
+    and the final scoring need it, and a trial that never scores it should not hold it."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    _test: list[torch.Tensor] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
         return self.train_x.device
 
+    @property
+    def test_on_device(self) -> bool:
+        """Whether the test split has been copied to the device yet."""
+        return bool(self._test)
+
+    def _test_tensors(self) -> list[torch.Tensor]:
+        if not self._test:
+            self._test.extend(_to_device(self.test_images, self.test_labels, self.device))
+        return self._test
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        return self._test_tensors()[0]
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        return self._test_tensors()[1]
+
+
+# Images per host-side NHWC -> NCHW copy: bounds the temporary of the fancy index to 12 MB.
+_CHUNK = 4096
+
 
 def _to_device(
-    images: np.ndarray, labels: np.ndarray, device: torch.device
+    images: np.ndarray, labels: np.ndarray, device: torch.device, index: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    # One transfer of uint8 (4x smaller than float); NHWC -> NCHW made contiguous once. The
-    # copy also detaches the tensors from read-only arrays (Ray's object store hands those out).
-    x = torch.tensor(images).to(device).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.int64).to(device)
+    """`images[index]` (HWC) as one contiguous NCHW uint8 tensor on `device`, and its labels.
+    NCHW is made on the host in one fresh array, transferred once (a permute on the device
+    would hold the split twice there); the copy also frees it from read-only arrays (Ray's)."""
+    rows = np.arange(len(images)) if index is None else index
+    host = np.empty((len(rows), images.shape[3], images.shape[1], images.shape[2]), np.uint8)
+    for at in range(0, len(rows), _CHUNK):
+        host[at : at + _CHUNK] = images[rows[at : at + _CHUNK]].transpose(0, 3, 1, 2)
+    y = np.array(labels[rows], dtype=np.int64)
+    return torch.from_numpy(host).to(device), torch.from_numpy(y).to(device)
 
 
 def to_device(arrays: CifarArrays, cfg: DataConfig, device: torch.device) -> DeviceData:
+    """`cfg`'s training and validation splits on `device`; the test split follows lazily."""
     split = split_indices(arrays.train_labels, cfg)
     return DeviceData(
-        *_to_device(arrays.train_images[split.train], arrays.train_labels[split.train], device),
-        *_to_device(arrays.train_images[split.val], arrays.train_labels[split.val], device),
-        *_to_device(arrays.test_images, arrays.test_labels, device),
+        *_to_device(arrays.train_images, arrays.train_labels, device, split.train),
+        *_to_device(arrays.train_images, arrays.train_labels, device, split.val),
+        arrays.test_images,
+        arrays.test_labels,
     )

@@ -31,7 +31,7 @@ from torch import nn
 
 from .config import ConfigError, TrialConfig
 from .data import CifarArrays, DeviceData, to_device
-from .model import build_model
+from .model import build_model, compiled_forward
 from .optim import build_optimizer, build_scheduler
 from .transforms import (
     Normalizer,
@@ -55,6 +55,8 @@ DIVERGENCE_LOSS = 1e3
 # How often (in batches) the running loss is checked for divergence; each check syncs the device.
 DIVERGENCE_CHECK_EVERY = 25
 EVAL_BATCH = 1000
+# torch's own choice of CPU threads for this process, what `threads: null` means.
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,6 +99,11 @@ class Run:
     normalizer: Normalizer
     augment: Transform
     generator: torch.Generator
+    # `config.precision` resolved on this device; saved with the checkpoint, so the test
+    # scoring later runs in the precision the model trained in, whatever device scores it.
+    precision: str
+    # The model, or its compiled forward (``config.compile``), for full training batches.
+    train_forward: Callable[[torch.Tensor], torch.Tensor]
     epoch: int = 0
     history: list[Metrics] = field(default_factory=list)
 
@@ -105,7 +112,7 @@ class Run:
         return self.data.device
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if resolve_precision(self.config.precision, self.device) == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -132,6 +139,7 @@ class Run:
             "epoch": self.epoch,
             "history": list(self.history),
             "config": self.config.model_dump(mode="json"),
+            "precision": self.precision,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -144,13 +152,7 @@ class Run:
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.model.load_state_dict(state["model"])
-        # The saved param groups carry the writer's kernel choice (fused on CUDA); keep ours.
-        kernels: list[dict[str, Any]] = [
-            {k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups
-        ]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, flags in zip(self.optimizer.param_groups, kernels, strict=True):
-            group.update(flags)
+        self.optimizer.load_state_dict(_with_our_kernels(state["optimizer"], self.optimizer))
         self.scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
         torch.set_rng_state(rng["cpu"].cpu())
@@ -173,6 +175,21 @@ class Run:
         self.generator.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)  # dropout on CUDA draws from the default CUDA generator
+
+
+def _with_our_kernels(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`saved` with `optimizer`'s kernel flags (fused, foreach, capturable) in its param groups.
+
+    The saved groups carry the writer's choice (a CPU writes fused=None). torch places each
+    ``step`` tensor by the flags of the groups it loads: a fused or capturable kernel wants it
+    as float32 on the parameter's device, the others on the CPU. Flags set after loading would
+    leave a CPU-written ``step`` on the CPU, and a fused CUDA step then fails with "Expected
+    all tensors to be on the same device" (PyTorch issue 124133)."""
+    groups = [
+        {**g, **{k: ours[k] for k in ("fused", "foreach", "capturable") if k in ours}}
+        for g, ours in zip(saved["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    return {**saved, "param_groups": groups}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -216,6 +233,8 @@ def build_run(config: TrialConfig, data: DeviceData) -> Run:
         normalizer.to(data.device),
         build_augment(config.data),
         generator,
+        resolve_precision(config.precision, data.device),
+        compiled_forward(model, config.compile, data.device),
     )
 
 
@@ -238,11 +257,18 @@ def train_one_epoch(run: Run, progress: Progress | None = None) -> Metrics:
     diverged = False
     initial: Metrics = {}
     start = time.perf_counter()
+    graphs = cfg.compile == "cudagraphs" and run.device.type == "cuda"
     for step, index in enumerate(order.split(cfg.batch_size)):
         labels = data.train_y[index]
         x = run.model_input(run.augment(to_float(data.train_x[index]), run.generator))
+        # The compiled forward is built for full batches; the last, partial one runs eager.
+        forward = run.train_forward if len(index) == cfg.batch_size else run.model
+        if graphs:
+            # A new iteration: the graphs may overwrite the previous step's outputs, which
+            # nothing reads any more (the sums below are fresh tensors).
+            torch.compiler.cudagraph_mark_step_begin()
         with run.autocast():
-            logits = run.model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), labels)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -348,8 +374,8 @@ def fit(
     Stops early with status ``diverged`` when the loss becomes non-finite or explodes; the epochs
     so far are kept in the history and were already reported.
     """
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    # Set every time: a reused trial process keeps the previous trial's thread count.
+    torch.set_num_threads(config.threads or DEFAULT_THREADS)
     if isinstance(data, CifarArrays):
         data = to_device(data, config.data, device or resolve_device(config.device))
     run = build_run(config, data)
@@ -369,7 +395,10 @@ def fit(
 
 def score_on_test(config: TrialConfig, data: DeviceData, state: dict[str, Any]) -> Metrics:
     """Test-set loss/top-1/top-5 of the model saved in checkpoint `state` (normalizer refitted on
-    the same training split, so the input pipeline matches the one it was trained with)."""
+    the same training split, so the input pipeline matches the one it was trained with), in
+    the precision it trained in (`config`'s, resolved here, for a checkpoint that predates
+    that record)."""
     run = build_run(config, data)
+    run.precision = state.get("precision", run.precision)
     run.model.load_state_dict(state["model"])
     return evaluate(run, data.test_x, data.test_y, "test")

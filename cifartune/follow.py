@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pandas as pd
 
 from .errors import CifartuneError
-from .results import StudyData, read_study
+from .results import StudyData, read_study, seconds_between
 
 log = logging.getLogger(__name__)
 BAR_WIDTH = 30
@@ -74,6 +74,8 @@ def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
     """The terminal view of a study at time `now` (aware UTC): trials by state, epochs done and
     planned, best so far, running trials, and while `live` (a driver runs it) an ETA. Pure: the
     same files give the same text."""
+    if not live and study.meta.get("state") == "running":
+        study = study.driver_gone()  # what it had running is interrupted, not running
     trials, epochs, meta = study.trials, study.epochs, study.meta
     state = meta.get("state", "?") if live or meta.get("state") != "running" else "driver gone"
     lines = [f"study {study.name} [{state}]"]
@@ -121,18 +123,38 @@ def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
             current = f"  {study.metric} {last[study.metric].iloc[0]:.3f}" if len(last) else ""
             lines.append(f"  {row.trial_id}  epoch {row.epochs_run}/{row.max_epochs}{current}")
     if live and left:
-        lines.append(_eta(epochs, left, max(len(running), 1), asha))
+        starts = int((~finished & (trials["state"] != "RUNNING")).sum()) + unseen
+        lines.append(_eta(trials, epochs, left, starts, len(running), asha))
     return "\n".join(lines) + "\n"
 
 
-def _eta(epochs: pd.DataFrame, left: int, parallel: int, asha: bool) -> str:
+def startup_seconds(trials: pd.DataFrame, epochs: pd.DataFrame) -> float:
+    """Median seconds from Ray starting a trial to its first epoch starting (a new process,
+    imports, the data), from ``started_at`` and the first epoch row; 0 before any is known."""
+    if "started_at" not in trials or "time/ended_at" not in epochs or epochs.empty:
+        return 0.0
+    first = epochs.groupby("trial_id").first()
+    epoch = pd.to_timedelta(pd.to_numeric(first["time/epoch_s"]), unit="s")
+    started = trials.set_index("trial_id")["started_at"].reindex(first.index)
+    waits = seconds_between(first["time/ended_at"] - epoch, started).dropna()
+    return float(waits.clip(lower=0).median()) if len(waits) else 0.0
+
+
+def _eta(
+    trials: pd.DataFrame, epochs: pd.DataFrame, left: int, starts: int, running: int, asha: bool
+) -> str:
+    """Epochs left at the median epoch time plus the start-ups of trials not running yet, over
+    the trials that really run at once now."""
     seconds = pd.to_numeric(epochs.get("time/epoch_s", pd.Series(dtype=float))).median()
     if pd.isna(seconds):
         return "ETA: after the first epoch"
-    eta = left * float(seconds) / parallel
+    startup = startup_seconds(trials, epochs)
+    parallel = max(running, 1)
+    eta = (left * float(seconds) + starts * startup) / parallel
     return (
         f"ETA: {'at most ' if asha else ''}{_duration(eta)} ({left} epochs left at "
-        f"{seconds:.1f} s each, {parallel} trial(s) at a time)"
+        f"{seconds:.1f} s each, {starts} trial start(s) at {startup:.1f} s; {running} trial(s) "
+        "running at once)"
     )
 
 

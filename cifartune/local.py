@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ConfigError, TrialConfig, dump_yaml, flatten, read_yaml
-from .data import load_arrays
+from .config import EFFECTIVE_KEY, ConfigError, TrialConfig, dump_yaml, flatten, read_yaml
+from .data import load_arrays, to_device
+from .effective import effective_settings
 from .engine import FitResult, Metrics, StateThunk, fit, resolve_device
-from .results import epoch_rows, write_table
-from .trial_store import load_state, save_state
+from .results import EFFECTIVE_PREFIX, epoch_rows, write_table
+from .trial_store import CpuClock, load_state, save_state
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.parquet"
@@ -37,6 +38,7 @@ def train_local(
         if not checkpoint.is_file():
             raise ConfigError(f"--resume: no {CHECKPOINT_FILE} in {out}; nothing to resume")
         saved = read_yaml(out / CONFIG_FILE)
+        saved.pop(EFFECTIVE_KEY, None)
         if saved != config.model_dump(mode="json"):
             raise ConfigError(
                 f"--resume: the config differs from {out / CONFIG_FILE}; resume with the same "
@@ -45,22 +47,21 @@ def train_local(
         state = load_state(checkpoint)
     elif checkpoint.exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or a new --out")
-    dump_yaml(config, out / CONFIG_FILE)
     device = resolve_device(config.device)
+    data = to_device(load_arrays(config.data), config.data, device)
+    effective = effective_settings(config, data)
+    ran = {key.removeprefix(EFFECTIVE_PREFIX): value for key, value in effective.items()}
+    dump_yaml(config, out / CONFIG_FILE, extra={EFFECTIVE_KEY: ran})
     flat = flatten(config)
+    cpu = CpuClock()
 
     def report(metrics: Metrics, thunk: StateThunk) -> None:
+        cpu.measure(metrics)
         run_state = thunk()
-        write_table(epoch_rows(run_state["history"], flat), out / METRICS_FILE)
+        rows = epoch_rows(run_state["history"], flat, **effective)
+        write_table(rows, out / METRICS_FILE)
         save_state(run_state, checkpoint)
         if on_epoch is not None:
             on_epoch(metrics)
 
-    return fit(
-        config,
-        load_arrays(config.data),
-        report=report,
-        resume=state,
-        device=device,
-        progress=progress,
-    )
+    return fit(config, data, report=report, resume=state, progress=progress)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +13,8 @@ from torch import nn
 
 from .config import ModelConfig
 from .data import NUM_CLASSES
+
+log = logging.getLogger(__name__)
 
 
 class SeedNet(nn.Module):
@@ -52,6 +57,43 @@ def _named(module: nn.Module, name: str) -> nn.Module:
 
 def build_model(cfg: ModelConfig, *, image_size: int = 32) -> SeedNet:
     return SeedNet(dropout=cfg.dropout, batchnorm=cfg.batchnorm, image_size=image_size)
+
+
+def compiled_forward(
+    model: nn.Module, mode: str, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The training forward for ``compile = mode``: the model itself (``none``), or
+    ``torch.compile`` of it (``model``), replayed as CUDA graphs (``cudagraphs``: inductor's
+    reduce-overhead mode, forward and backward; on a CPU the same as ``model``, logged).
+
+    Where the compiler cannot run (no C++ compiler on a CPU, no Triton on CUDA) the model
+    stays eager, logged. Shapes are static: full batches only (the epoch's last, partial batch
+    runs eager) and evaluation runs eager, so each run compiles one graph.
+    """
+    if mode == "none":
+        return model
+    missing = _compiler_missing(device)
+    if missing:
+        log.warning("compile=%s: %s; training runs eager", mode, missing)
+        return model
+    if mode == "cudagraphs" and device.type != "cuda":
+        log.info(
+            "compile=cudagraphs: CUDA graphs apply on CUDA only; on %s as compile=model", device
+        )
+        mode = "model"
+    options = "reduce-overhead" if mode == "cudagraphs" else "default"
+    return torch.compile(model, mode=options, dynamic=False)  # type: ignore[return-value]
+
+
+def _compiler_missing(device: torch.device) -> str | None:
+    """Why torch.compile's inductor backend cannot build kernels for `device`, or None."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed"
+    if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
+        return "no C++ compiler (c++, g++, clang++) on PATH"
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:

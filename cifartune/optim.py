@@ -11,15 +11,21 @@ from .config import OptimConfig, ScheduleConfig
 
 
 def build_optimizer(
-    cfg: OptimConfig, params: Iterator[nn.Parameter], device: torch.device
+    cfg: OptimConfig,
+    params: Iterator[nn.Parameter],
+    device: torch.device,
+    *,
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer `cfg` names. On CUDA, SGD and Adam(W) use torch's fused kernels (one launch
     per step instead of several per tensor: the seed network is launch-bound on a GPU); RMSprop
     and Adagrad have no fused CUDA kernel and use the multi-tensor (foreach) path, torch's CUDA
-    default. On the CPU torch's defaults stay."""
+    default. On the CPU torch's defaults stay. `fused` forces SGD's and Adam(W)'s choice (a
+    test runs torch's fused CPU kernels with it)."""
     momentum = cfg.resolved_momentum
     wd = cfg.weight_decay
-    fused = True if device.type == "cuda" else None  # None: torch's own choice
+    if fused is None:
+        fused = True if device.type == "cuda" else None  # None: torch's own choice
     if cfg.name in ("sgd", "momentum", "nesterov"):
         return torch.optim.SGD(
             params,

@@ -58,6 +58,7 @@ USER_ATTR_COLUMNS = (
     "trial_id", "ray_trial_id", "group", "variant", "seed", "state", "stop_reason", "epochs_run",
     "max_epochs", "best_epoch", "best_metric", "retries", "time_s", "error",
 )  # fmt: skip
+COUNT_COLUMNS = ("seed", "epochs_run", "max_epochs", "best_epoch", "retries")
 FINAL_STATES = {
     "completed": TrialState.COMPLETE,
     "early-stopped": TrialState.PRUNED,
@@ -93,8 +94,12 @@ def load_study_code(directory: Path, storage_url: str | None, study_name: str) -
     """The Python lines that open the mirror with Optuna alone (for the user to copy)."""
     location = storage_location(directory, storage_url)
     if storage_url is not None and "://" in storage_url:
-        return f"optuna.load_study(study_name={study_name!r}, storage={location!r})"
+        return (
+            "import optuna\n"
+            f"study = optuna.load_study(study_name={study_name!r}, storage={location!r})"
+        )
     return (
+        "import optuna\n"
         "from optuna.storages import JournalStorage\n"
         "from optuna.storages.journal import JournalFileBackend\n"
         f"study = optuna.load_study(study_name={study_name!r}, "
@@ -127,6 +132,15 @@ def _plain(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return value
+
+
+def _attribute(key: str, value: Any) -> Any:
+    """A user attribute's value; counts stay ints (a count column with a gap reads back from
+    Parquet as floats, and epoch 3 must not be '3.0' in one trial and '1' in the next)."""
+    plain = _plain(value)
+    if key in COUNT_COLUMNS and isinstance(plain, float) and plain.is_integer():
+        return int(plain)
+    return plain
 
 
 class OptunaMirror:
@@ -175,7 +189,7 @@ class OptunaMirror:
         trial_id = str(trial_row["trial_id"])
         state = self._target_state(trial_row)
         steps = self._steps(epochs)
-        attrs = {k: _plain(trial_row[k]) for k in USER_ATTR_COLUMNS if k in trial_row}
+        attrs = {k: _attribute(k, trial_row[k]) for k in USER_ATTR_COLUMNS if k in trial_row}
         if trial_id not in self._ids:
             self._read_mapping()  # another process may have created it since
         if trial_id not in self._ids:
@@ -191,9 +205,13 @@ class OptunaMirror:
         for step, metric in steps.items():
             if current.intermediate_values.get(step) != metric:
                 self.storage.set_trial_intermediate_value(internal, step, metric)
-        for key, attr in attrs.items():
-            if key not in current.user_attrs or current.user_attrs[key] != attr:
-                self.storage.set_trial_user_attr(internal, key, attr)
+        # The attributes (epochs run, time, best so far) follow each epoch in the intermediate
+        # values already; rewritten when the trial changes state, they cost the journal a few
+        # synced writes per trial, not a few per epoch.
+        if state != current.state or state.is_finished():
+            for key, attr in attrs.items():
+                if key not in current.user_attrs or current.user_attrs[key] != attr:
+                    self.storage.set_trial_user_attr(internal, key, attr)
         if state.is_finished():
             state, value = self._final_value(state, trial_row, steps)
             self.storage.set_trial_state_values(internal, state, None if value is None else [value])

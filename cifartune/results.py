@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +58,32 @@ def epoch_rows(
         frame[name] = value
     for name, value in flat_config.items():
         frame[CONFIG_PREFIX + name] = _scalar(value)
+    as_timestamps(frame, ENDED_AT)
     leading = [*keys, "epoch"]
     return frame[leading + [c for c in frame.columns if c not in leading]]
 
 
+def as_timestamps(frame: pd.DataFrame, column: str) -> None:
+    """Unix seconds (as measured, or as results before this version stored them) become UTC
+    timestamps, Parquet's own type: readable as dates in pandas, duckdb and polars alike."""
+    if column not in frame or isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+        return
+    values = frame[column]
+    if pd.api.types.is_datetime64_any_dtype(values):
+        frame[column] = values.dt.tz_localize("UTC")
+    else:
+        seconds = pd.to_numeric(values, errors="coerce").astype("float64")
+        frame[column] = pd.to_datetime(seconds, unit="s", utc=True)
+
+
+def seconds_between(later: pd.Series, earlier: pd.Series) -> pd.Series:
+    """Seconds from `earlier` to `later` (timestamps)."""
+    return (later - earlier).dt.total_seconds()
+
+
 def _scalar(value: Any) -> Any:
-    """Parquet columns need one type; lists (e.g. an augmentation tuple) become 'a+b' strings."""
+    """Parquet columns need one type; lists (an augmentation tuple) become 'a+b' strings, as
+    the config files write them (``none`` for no augmentation)."""
     if isinstance(value, list | tuple):
         return "+".join(map(str, value)) or "none"
     return value
@@ -100,14 +119,19 @@ ENGINE_METRICS = (
     "train/loss", "train/top1", "train/top5",
     "val/loss", "val/top1", "val/top5",
     "test/loss", "test/top1", "test/top5",
-    "time/train_s", "time/epoch_s", "time/images_per_s", "time/ended_at", "diverged", "node_id",
-    "init/loss", "init/top1", "init/top5", "pid",
+    "time/train_s", "time/epoch_s", "time/images_per_s", "time/cpu_s", "time/ended_at",
+    "diverged", "node_id", "init/loss", "init/top1", "init/top5", "pid",
 )  # fmt: skip
+ENDED_AT = "time/ended_at"
+STARTED_AT = "started_at"
 TRIAL_COLUMNS = (
-    "trial_id", "group", "variant", "seed", "state", "error", "retries", "max_epochs",
+    "study", "trial_id", "group", "variant", "seed", "state", "error", "retries", "max_epochs",
     "epochs_run", "best_epoch", "best_metric", "final_val_top1", "final_train_top1", "time_s",
-    "stop_reason", "cpu_s", "gpu_s", "started_at",
+    "stop_reason", "cpu_s", "reserved_cpu_s", "reserved_gpu_s", "started_at",
 )  # fmt: skip
+# What a trial really ran with, where the config leaves it to the machine (precision auto,
+# threads all, momentum by optimizer, validation 10%...): ``effective/<key>`` columns.
+EFFECTIVE_PREFIX = "effective/"
 # Keys that vary between repeats of one configuration, or only say where it ran or where its
 # data lives (a study resumed elsewhere keeps its groups).
 NOT_CONFIGURATION = ("seed", "threads", "device", "data.dir", "data.download")
@@ -123,109 +147,19 @@ def group_id(flat_config: Mapping[str, Any]) -> str:
     ]
 
 
-def trial_keys(trial_id: str, flat_config: Mapping[str, Any], sample: Mapping[str, Any]) -> dict:
-    """The identifying columns of a trial's rows: id, configuration group, variant, seed."""
+def trial_keys(
+    trial_id: str, flat_config: Mapping[str, Any], sample: Mapping[str, Any], *, study: str
+) -> dict:
+    """The identifying columns of a trial's rows: study, id, configuration group, variant (null
+    in a study without variants), seed. ``study`` keeps rows apart when several studies' files
+    are read as one table."""
     return {
+        "study": study,
         "trial_id": trial_id,
         "group": group_id(flat_config),
-        "variant": sample.get("variant", ""),
+        "variant": sample.get("variant"),
         "seed": flat_config["seed"],
     }
-
-
-class StudyRecorder:
-    """The trial table (``trials.parquet``) from Ray's trial events and the trials' own epoch
-    files (written by the trials, see :mod:`cifartune.trial_store`); holds no Ray objects.
-
-    What it knows of earlier drivers (finished trials, retries) is read back from the results
-    directory when it is built, so a resumed study continues from the files, not from the copy
-    of this object that Ray pickled when the study first started.
-    """
-
-    def __init__(
-        self,
-        directory: Path | Location,
-        resolve: Any,
-        metric: str,
-        mode: str,
-        cpus: float,
-        gpus: float,
-    ):
-        self.directory = directory = Location.of(directory)
-        self.resolve = resolve  # sample -> flat trial config (dict)
-        self.metric, self.mode = metric, mode
-        self.cpus, self.gpus = cpus, gpus
-        self._epochs: dict[str, tuple[tuple[int, int], pd.DataFrame]] = {}
-        self._states: dict[str, tuple[str, dict[str, Any], str | None]] = {}
-        self._retries: dict[str, int] = {}
-        self._started: dict[str, float] = {}  # wall clock when Ray last started the trial
-        # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
-        # complete (here or before a resume, per the trial table) are finished.
-        self._finished: set[str] = set()
-        previous = read_optional_table(directory / TRIALS_FILE)
-        if not previous.empty:
-            self._finished = set(previous.loc[previous["state"] == "TERMINATED", "trial_id"])
-            self._retries = dict(zip(previous["trial_id"], previous["retries"], strict=True))
-            if "started_at" in previous:
-                started = previous.dropna(subset=["started_at"])
-                self._started = dict(zip(started["trial_id"], started["started_at"], strict=True))
-
-    def trial_epochs(self, trial_id: str) -> pd.DataFrame:
-        """The trial's epoch rows as its process last wrote them (re-read when they change)."""
-        path = self.directory / EPOCHS_DIR / f"{trial_id}.parquet"
-        stamp = path.stamp()
-        if stamp is None:
-            return pd.DataFrame()
-        cached = self._epochs.get(trial_id)
-        if cached is None or cached[0] != stamp:
-            cached = (stamp, read_table(path))
-            self._epochs[trial_id] = cached
-        return cached[1]
-
-    def record_retry(self, trial_id: str, error: str | None) -> None:
-        self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
-        log.warning("trial %s failed and is retried from its last checkpoint: %s", trial_id, error)
-
-    def record_start(self, trial_id: str) -> None:
-        self._started[trial_id] = time.time()
-
-    def record_complete(self, trial_id: str) -> None:
-        self._finished.add(trial_id)
-
-    def record_states(
-        self, states: Mapping[str, tuple[str, dict[str, Any], str | None]]
-    ) -> pd.DataFrame:
-        """Update the trial table from Ray's view of every trial; return it as written."""
-        for trial_id, (state, sample, error) in states.items():
-            if state == "TERMINATED" and trial_id not in self._finished:
-                state = "INTERRUPTED"
-            self._states[trial_id] = (state, sample, error)
-        table = self.trial_table()
-        write_table(table, self.directory / TRIALS_FILE)
-        return table
-
-    def trial_table(self) -> pd.DataFrame:
-        rows = [self._trial_row(tid, *state) for tid, state in self._states.items()]
-        return pd.DataFrame(rows)
-
-    def _trial_row(
-        self, trial_id: str, state: str, sample: dict[str, Any], error: str | None
-    ) -> dict[str, Any]:
-        flat = self.resolve(sample)
-        epochs = self.trial_epochs(trial_id)
-        row: dict[str, Any] = {
-            **trial_keys(trial_id, flat, sample),
-            "state": state,
-            "error": error,
-            "retries": self._retries.get(trial_id, 0),
-            "max_epochs": flat["epochs"],
-            "started_at": self._started.get(trial_id),
-        }
-        row.update(summarize_epochs(epochs, self.metric, self.mode, flat["epochs"], state))
-        row["cpu_s"] = row["time_s"] * self.cpus
-        row["gpu_s"] = row["time_s"] * self.gpus
-        row.update({CONFIG_PREFIX + k: _scalar(v) for k, v in flat.items()})
-        return row
 
 
 def summarize_epochs(
@@ -240,6 +174,7 @@ def summarize_epochs(
         "final_val_top1": None,
         "final_train_top1": None,
         "time_s": 0.0,
+        "cpu_s": None,  # measured, where the epochs measured it
     }
     if run:
         values = pd.to_numeric(epochs[metric], errors="coerce")
@@ -251,6 +186,8 @@ def summarize_epochs(
         summary["final_val_top1"] = float(last["val/top1"])
         summary["final_train_top1"] = float(last["train/top1"])
         summary["time_s"] = float(epochs["time/epoch_s"].sum())
+        if "time/cpu_s" in epochs and epochs["time/cpu_s"].notna().all():
+            summary["cpu_s"] = float(epochs["time/cpu_s"].sum())
     diverged = bool(run and epochs.iloc[-1].get("diverged", False))
     if state == "ERROR":
         reason = "error"
@@ -262,6 +199,31 @@ def summarize_epochs(
         reason = state.lower()
     summary["stop_reason"] = reason
     return summary
+
+
+def reserved(seconds: float, cpus: float, gpus: float) -> dict[str, float]:
+    """CPU and GPU seconds a trial held (its resources for its epochs' time), not used."""
+    return {"reserved_cpu_s": seconds * cpus, "reserved_gpu_s": seconds * gpus}
+
+
+def resummarize(
+    trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: str, cpus: float, gpus: float
+) -> pd.DataFrame:
+    """The trial table with every per-trial summary recomputed from the epoch rows (sorted by
+    trial and epoch), the truth: the table on disk may lag behind them (the driver rewrites it
+    at a bounded rate, or died before its last write), and a view must agree with itself."""
+    if trials.empty:
+        return trials
+    by_trial = dict(iter(epochs.groupby("trial_id"))) if not epochs.empty else {}
+    none = epochs.iloc[:0]
+    rows = []
+    for row in trials.to_dict("records"):
+        mine = by_trial.get(row["trial_id"], none)
+        row.update(summarize_epochs(mine, metric, mode, int(row["max_epochs"]), row["state"]))
+        row.update(reserved(row["time_s"], cpus, gpus))
+        row.pop("gpu_s", None)  # older versions' name for reserved_gpu_s
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
@@ -285,10 +247,7 @@ class StudyData:
 
     @property
     def mode(self) -> str:
-        mode = self.spec.get("mode")
-        if mode:
-            return str(mode)
-        return "min" if self.metric.endswith("loss") else "max"
+        return _mode(self.spec)
 
     def factor_keys(self) -> list[str]:
         """Config columns of the spec's search space that vary across trials (the variants,
@@ -299,6 +258,22 @@ class StudyData:
 
     def has_variants(self) -> bool:
         return bool(self.spec.get("variants")) and "variant" in self.trials
+
+    def driver_gone(self) -> StudyData:
+        """The study as its dead driver left it: trials it had running or queued are
+        interrupted (resumed later), not running."""
+        live = self.trials["state"].isin(["RUNNING", "PENDING", "PAUSED"])
+        if not live.any():
+            return self
+        trials = self.trials.copy()
+        trials.loc[live, ["state", "stop_reason"]] = ["INTERRUPTED", "interrupted"]
+        return replace(self, trials=trials)
+
+
+def _mode(spec: Mapping[str, Any]) -> str:
+    if spec.get("mode"):
+        return str(spec["mode"])
+    return "min" if str(spec.get("metric", "val/top1")).endswith("loss") else "max"
 
 
 def read_study(where: Path | str | Location) -> StudyData:
@@ -321,12 +296,25 @@ def read_study(where: Path | str | Location) -> StudyData:
         raise StudyDirError(f"{meta_path}: unreadable ({exc})") from None
     spec_path = directory / SPEC_FILE
     spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else {}
+    # The trial table first: epochs read after it are at least as new as its states.
+    trials = read_optional_table(directory / TRIALS_FILE)
     epochs = read_parquet_dir(directory / EPOCHS_DIR)
     if epochs.empty:  # a study that has not reported yet still has the columns readers use
         epochs = pd.DataFrame(columns=["trial_id", "group", "variant", "seed", *ENGINE_METRICS])
     epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)
-    trials = read_optional_table(directory / TRIALS_FILE)
+    as_timestamps(epochs, ENDED_AT)  # results of older versions hold Unix seconds
     if trials.empty:
         trials = pd.DataFrame(columns=TRIAL_COLUMNS)
+    else:
+        resources = (spec or {}).get("resources") or {}
+        trials = resummarize(
+            trials,
+            epochs,
+            str((spec or {}).get("metric", "val/top1")),
+            _mode(spec or {}),
+            float(resources.get("cpus", 1)),
+            float(resources.get("gpus", 0)),
+        )
+    as_timestamps(trials, STARTED_AT)
     test = read_optional_table(directory / TEST_FILE)
     return StudyData(directory, meta, spec or {}, epochs, trials, test)

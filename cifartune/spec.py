@@ -2,7 +2,9 @@
 
 Loading validates everything a study needs before Ray starts: the spec's own fields, every grid
 value, distribution bound and variant against the trial config's rules, and the combinations
-Ray or Optuna cannot run. Nothing here imports Ray.
+Ray or Optuna cannot run. What depends on the data (a subset larger than the images) needs the
+data's location, so it is checked apart: :func:`data_probes` with ``describe_source``. Nothing
+here imports Ray.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from .config import (
     ConfigError,
+    DataConfig,
     Section,
     TrialConfig,
     build_trial_config,
@@ -30,6 +33,12 @@ from .config import (
     set_dotted,
     unflatten,
 )
+
+# The distributions are re-exported: a spec's users (tuning, tests) import them from here.
+from .distributions import CategoricalDistribution as CategoricalDistribution
+from .distributions import Dimension, probe_values
+from .distributions import FloatDistribution as FloatDistribution
+from .distributions import IntDistribution as IntDistribution
 
 # Metrics fit() reports every epoch, and the direction that is better for each.
 METRIC_MODES = {
@@ -42,48 +51,10 @@ VARIANT_KEY = "variant"
 SEED_KEY = "seed"
 # Data location is loaded once per study and shared through Ray's object store.
 STUDY_WIDE_KEYS = ("data.source", "data.dir", "data.download", "device")
-
-
-def _check_range(low: float, high: float, log: bool) -> None:
-    if not low < high:
-        raise ValueError(f"low ({low}) must be < high ({high})")
-    if log and low <= 0:
-        raise ValueError(f"log: true needs low > 0 (got {low})")
-
-
-class FloatDistribution(Section):
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> FloatDistribution:
-        _check_range(self.low, self.high, self.log)
-        return self
-
-
-class IntDistribution(Section):
-    type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> IntDistribution:
-        _check_range(self.low, self.high, self.log)
-        return self
-
-
-class CategoricalDistribution(Section):
-    type: Literal["categorical"]
-    choices: list[Any] = Field(min_length=1)
-
-
-Distribution = Annotated[
-    FloatDistribution | IntDistribution | CategoricalDistribution, Field(discriminator="type")
-]
-Dimension = Annotated[list[Any], Field(min_length=1)] | Distribution
+# Works a study may declare it reproduces (`reproduces:`): the report judges a declared study
+# against that work's findings (cifartune/reports/findings.py), and no other study.
+PRACTICAL_WORK = "practical-work"
+REPRODUCIBLE = (PRACTICAL_WORK,)
 
 
 class SearchSpec(Section):
@@ -106,9 +77,15 @@ class ResourcesSpec(Section):
 
     @field_validator("gpus")
     @classmethod
-    def _fraction_or_whole(cls, value: float) -> float:
-        if value > 1 and value != int(value):
-            raise ValueError("must be a fraction in (0, 1] to share a GPU, or a whole number")
+    def _one_device_at_most(cls, value: float) -> float:
+        # A trial trains on one device (DeviceData, one model): Ray would reserve the others
+        # for the trial's lifetime and nothing would run on them.
+        if value > 1:
+            raise ValueError(
+                f"a trial trains on one device, so {value:g} GPUs per trial would leave "
+                f"{value - 1:g} idle; use 1 (a GPU of its own) or a fraction in (0, 1) to pack "
+                "several trials on one GPU (0.25: 4 at once)"
+            )
         return value
 
 
@@ -137,6 +114,19 @@ class StudySpec(Section):
     checkpoint: CheckpointSpec = CheckpointSpec()
     retries: int = Field(2, ge=0, le=100, description="restarts of a failed trial")
     test_best: int = Field(1, ge=0, description="best configurations scored on the test set")
+    reproduces: Literal["practical-work"] | None = Field(
+        None, description="published work whose findings the report judges this study against"
+    )
+
+    @field_validator("reproduces", mode="before")
+    @classmethod
+    def _known_work(cls, value: Any) -> Any:
+        # Before pydantic's own check, so that the message lists what a study may reproduce.
+        if value is not None and value not in REPRODUCIBLE:
+            raise ValueError(
+                f"unknown work; allowed: {', '.join(REPRODUCIBLE)} (or leave the key out)"
+            )
+        return value
 
     @property
     def resolved_mode(self) -> str:
@@ -263,33 +253,64 @@ def trial_config(spec: StudySpec, sample: Mapping[str, Any]) -> TrialConfig:
     return build_trial_config(spec.base, overrides, prefix="")
 
 
-def _probe_values(dim: Any) -> list[Any]:
-    """Values that stand for a dimension when checking it against the trial config."""
-    if isinstance(dim, list):
-        return dim
-    if isinstance(dim, CategoricalDistribution):
-        return dim.choices
-    return [dim.low, dim.high]
+def _probes(spec: StudySpec) -> list[tuple[str, dict[str, Any]]]:
+    """(where, sample) for every variant, grid value and distribution bound of `spec`."""
+    checks = [(f"variants.{name}", {VARIANT_KEY: name}) for name in spec.variants]
+    for key, dim in spec.space.items():
+        checks += [(f"space.{key}", {key: value}) for value in probe_values(dim)]
+    return checks
 
 
 def _validate_against_config(spec: StudySpec) -> TrialConfig:
     """Every variant, grid value and distribution bound must make a valid trial config."""
     base = build_trial_config(spec.base, prefix="base.")
-    checks: list[tuple[str, dict[str, Any]]] = []
-    for name in spec.variants:
-        checks.append((f"variants.{name}", {VARIANT_KEY: name}))
-    for key, dim in spec.space.items():
-        for value in _probe_values(dim):
-            checks.append((f"space.{key}", {key: value}))
-    problems = []
-    for where, sample in checks:
+    problems: list[str] = []
+    for where, sample in _probes(spec):
         try:
             trial_config(spec, sample)
         except ConfigError as exc:
-            problems.append(f"{where}: {exc}".replace("\n", f"\n{where}: "))
+            problems.extend(_located(where, line) for line in str(exc).splitlines())
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     return base
+
+
+def _located(where: str, problem: str) -> str:
+    """`problem` of a trial config, said where the spec sets it: ``space.model.dropuot:
+    unknown key`` rather than ``space.model.dropuot: model.dropuot: unknown key``."""
+    key = where.removeprefix("space.")
+    if where.startswith("space.") and problem.startswith(key):
+        return "space." + problem
+    return f"{where}: {problem}"
+
+
+def data_probes(spec: StudySpec) -> list[tuple[str, DataConfig]]:
+    """(where, data section) of every distinct data setup the study's trials can have, other
+    than base's: for :func:`cifartune.data.describe_source` to check against the dataset's size
+    (``describe_source(trial_config(spec, {}).data, also=data_probes(spec))``).
+
+    The data keys of a trial come from its variant and from the ``space.data.*`` dimensions
+    together (a variant's val_size with a grid's train_subset), so their product is probed:
+    each variant times each value or bound of each data dimension. Kept out of
+    :func:`build_spec`, which runs without the data (``status``, ``submit`` from a laptop).
+    """
+    axes: dict[str, list[Any]] = {VARIANT_KEY: list(spec.variants)} if spec.variants else {}
+    axes.update({k: probe_values(d) for k, d in spec.space.items() if k.startswith("data.")})
+    base = trial_config(spec, {}).data
+    seen: dict[DataConfig, str] = {base: "base"}
+    problems = []
+    for values in itertools.product(*axes.values()):
+        sample = dict(zip(axes, values, strict=True))
+        where = " with ".join(
+            f"variants.{v}" if k == VARIANT_KEY else f"space.{k}" for k, v in sample.items()
+        )
+        try:
+            seen.setdefault(trial_config(spec, sample).data, where)
+        except ConfigError as exc:  # each value is valid alone (build_spec), not this mix
+            problems.append(f"{where}: {exc}".replace("\n", f"\n{where}: "))
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    return [(where, data) for data, where in seen.items() if where != "base"]
 
 
 def _apply_spec_override(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -333,7 +354,10 @@ LOCATION_KEYS = ("data.dir", "data.download")
 def spec_hash(spec: StudySpec) -> str:
     """Identity of a study's design: the same spec hashes the same wherever it is stored and
     wherever its data lives."""
-    payload = spec.model_dump(mode="json", exclude={"storage", "description"})
+    # `reproduces` says how the report reads the study, not what it trains: declaring it on a
+    # study that ran without it (or before the key existed) keeps the study's identity, so its
+    # results are not taken for another spec's and `resume` still continues it.
+    payload = spec.model_dump(mode="json", exclude={"storage", "description", "reproduces"})
     payload["base"] = {k: v for k, v in flatten(payload["base"]).items() if k not in LOCATION_KEYS}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -21,6 +21,15 @@ from typing import Any
 from pyarrow import fs
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: set it back at once
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def is_uri(text: str) -> bool:
     return "://" in text
 
@@ -132,6 +141,8 @@ class Location:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            # mkstemp makes the file 0600; a results directory is shared as the umask allows.
+            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)
                 handle.flush()

@@ -8,8 +8,7 @@ import logging
 import os
 import platform
 import socket
-import threading
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +19,14 @@ from .claim import (
     StudyMetadata,
     check_writable,
     claim,
+    describe_driver,
     now,
 )
 from .cluster import check_trials_fit
 from .config import ConfigError
 from .data import CifarArrays, describe_source, load_arrays, to_device
 from .results import (
+    EFFECTIVE_PREFIX,
     EPOCHS_DIR,
     LOCK_FILE,
     RAY_DIR,
@@ -36,10 +37,19 @@ from .results import (
     read_optional_table,
     write_table,
 )
-from .signals import stop_on_sigterm
-from .spec import StudySpec, spec_hash, trial_config, trial_count
+from .runtime import check_results_shared, init_ray, local_runtime_dead, stop_local_runtime
+from .signals import stop_deadline
+from .spec import StudySpec, data_probes, spec_hash, trial_config, trial_count
 from .storage import Location
-from .trial_store import BEST, checkpoint_dir, discard_trial_files, load_state, set_aside_orphans
+from .supervise import end_own_session, user_pid
+from .trial_store import (
+    BEST,
+    checkpoint_dir,
+    discard_trial_files,
+    load_state,
+    read_failure,
+    set_aside_orphans,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +57,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class StudyOutcome:
     directory: Location
-    state: str  # completed | interrupted
+    state: str  # completed | failed | interrupted
     trials: pd.DataFrame
     test: pd.DataFrame
-    already_completed: bool = False  # resumed a completed study: nothing ran
+    already_completed: bool = False  # resumed a finished (completed or failed) study: nothing ran
+    error: str | None = None  # failed: the most common error of its trials
 
 
 def study_directory(spec: StudySpec, storage: str | None = None) -> Location:
@@ -67,8 +78,11 @@ def environment() -> dict[str, Any]:
     import torch
 
     from . import __version__
+    from .gpus import visible_gpus
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    # Not torch.cuda.get_device_name: it would hold a CUDA context in a driver that trains
+    # nothing (see visible_gpus).
+    gpus = visible_gpus()
     return {
         "versions": {
             "cifartune": __version__,
@@ -86,78 +100,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-class _OneLineRayLogs(logging.Filter):
-    """Ray's warnings stay visible (e.g. that no node can hold a trial), as one line each: no
-    traceback of Ray internals (the trial's error file keeps it) and no Tuner.restore advice
-    (the CLI prints the cifartune command that resumes)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "Tuner.restore" in record.getMessage():
-            return False
-        record.msg, record.args = record.getMessage().splitlines()[0], None
-        record.exc_info = record.exc_text = None
-        return True
-
-
-def _init_ray(address: str | None, verbose: bool) -> None:
-    import ray
-
-    if not verbose:
-        for handler in logging.getLogger("ray").handlers:
-            handler.addFilter(_OneLineRayLogs())
-    if ray.is_initialized():
-        return
-    # Trial processes' own output reaches the terminal only with -v; trial errors still do,
-    # through the trial error files the driver reads. Without --address (and RAY_ADDRESS),
-    # "local" starts a private runtime instead of joining whatever `ray start` left registered
-    # on this machine (a stale registration makes a plain ray.init() hang).
-    ray.init(
-        address=address or os.environ.get("RAY_ADDRESS") or "local",
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=verbose,
-    )
-    # ray.init replaces SIGTERM's handler with one that aborts the driver (leaving its worker
-    # processes behind): SIGTERM (Slurm, Kubernetes, `timeout`) must stop the study like Ctrl-C.
-    if threading.current_thread() is threading.main_thread():
-        stop_on_sigterm()
-
-
-def _check_results_shared(directory: Location) -> None:
-    """Results on a local path must be the same directory on every node of the cluster (NFS,
-    EFS): a tiny task on each node looks for a probe file written here, before any trial starts
-    (otherwise a trial on a node that cannot see it fails at its first checkpoint)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if not directory.local or len(nodes) < 2:
-        return
-    probe = directory / f"node-probe-{uuid.uuid4().hex}"
-    probe.write_text("visible")
-
-    @ray.remote(num_cpus=0)
-    def sees(path: str) -> bool:
-        return os.path.exists(path)
-
-    try:
-        checks = {
-            f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": sees.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(probe.path)
-            for n in nodes
-        }
-        blind = [node for node, seen in checks.items() if not ray.get(seen, timeout=120)]
-    finally:
-        probe.unlink()
-    if blind:
-        raise ConfigError(
-            f"storage: {directory} is a local path that these nodes cannot see: "
-            f"{', '.join(blind)}; use object storage (--storage s3://bucket/prefix) or a "
-            "filesystem mounted at the same path on every node (NFS, EFS)"
-        )
-
-
 def run_study(
     spec: StudySpec,
     *,
@@ -167,17 +109,20 @@ def run_study(
     verbose: bool = False,
     restart_errored: bool = False,
     optuna_storage: str | None = None,
+    on_forced_stop: Callable[[Location], None] | None = None,
 ) -> StudyOutcome:
     """Run (or resume) `spec` on Ray; results land under ``storage/name`` as the study goes.
 
     The data source is checked before anything is written. A start that fails before any trial
     reported leaves nothing behind (a new directory is removed, a resumed one keeps its state);
-    a failure or interrupt after that leaves the study interrupted and resumable.
+    a failure or interrupt after that leaves the study interrupted and resumable. A stop signal
+    that cannot end the study cleanly in time (see ``signals``) marks it interrupted, calls
+    `on_forced_stop` and ends the process.
     """
     from filelock import FileLock, Timeout
 
     directory = study_directory(spec, storage)
-    describe_source(trial_config(spec, {}).data)
+    describe_source(trial_config(spec, {}).data, also=data_probes(spec))
     fresh = not directory.exists()
     check_writable(directory)
     # One driver per study: a file lock on a local disk; in an object store, which has none,
@@ -185,17 +130,31 @@ def run_study(
     lock = FileLock(str((directory / LOCK_FILE).local_path)) if directory.local else None
     try:
         if lock is not None:
-            lock.acquire(timeout=0)
+            # A few seconds: a driver killed with its supervisor may still be exiting.
+            lock.acquire(timeout=3)
     except Timeout:
+        holder = StudyMetadata(directory).read() or {}
         raise ConfigError(
-            f"{directory} is in use by another cifartune run; wait for it or use another --storage"
+            f"{directory} is in use by another cifartune run ({describe_driver(holder)}); "
+            f"follow it with: cifartune status {directory}, or use another --storage"
         ) from None
     metadata = StudyMetadata(directory)
     failed_before_trials = False
+
+    def force_stop() -> None:
+        metadata.stop_heartbeat()
+        if metadata.data:
+            metadata.write(state="interrupted", finished=now())
+        stop_local_runtime()
+        end_own_session()
+        if on_forced_stop is not None:
+            on_forced_stop(directory)
+
     try:
-        return _run_locked(
-            spec, directory, metadata, address, resume, verbose, restart_errored, optuna_storage
-        )
+        with stop_deadline(force_stop, local_runtime_dead):
+            return _run_locked(
+                spec, directory, metadata, address, resume, verbose, restart_errored, optuna_storage
+            )
     except BaseException:
         failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(".parquet"))
         if metadata.data and not failed_before_trials:
@@ -224,8 +183,12 @@ def _run_locked(
     from .tuning import StudyCallback, scheduler, search_algorithm, search_space, train_trial
 
     previous = claim(directory, spec, resume)
-    if previous is not None and previous.get("state") == "completed":
-        return StudyOutcome(directory, "completed", _read_trials(directory), pd.DataFrame(), True)
+    ended = previous.get("state") if previous is not None else None
+    if ended == "completed" or (ended == "failed" and not restart_errored):
+        return StudyOutcome(
+            directory, str(ended), _read_trials(directory), pd.DataFrame(), True,
+            error=previous.get("error") if previous else None,
+        )  # fmt: skip
     metadata.data = previous or {
         "name": spec.name,
         "spec_hash": spec_hash(spec),
@@ -235,7 +198,8 @@ def _run_locked(
     metadata.write(
         state="running",
         host=socket.gethostname(),
-        pid=os.getpid(),
+        pid=user_pid(),  # the command the user started, the one to signal
+        driver_pid=os.getpid(),  # the process running the study (its supervised child)
         resumed=[*metadata.data.get("resumed", []), now()] if previous else [],
         address=address,
         optuna_storage=optuna_storage or metadata.data.get("optuna_storage"),
@@ -244,8 +208,8 @@ def _run_locked(
     atomic_write_text(
         directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
-    _init_ray(address, verbose)
-    _check_results_shared(directory)
+    init_ray(address, verbose)
+    check_results_shared(directory)
     check_trials_fit(spec.resources.cpus, spec.resources.gpus)
     arrays = load_arrays(trial_config(spec, {}).data)  # after the checks that fail in seconds
     trainable = tune.with_resources(
@@ -277,6 +241,10 @@ def _run_locked(
                 search_alg=search_algorithm(spec),
                 scheduler=scheduler(spec),
                 num_samples=spec.search.samples,
+                # One trial process per slot for the whole study: imports, the data from the
+                # object store and its device copy are paid once per process, not per trial
+                # (everything a trial sets, seeds and threads included, is set anew by fit).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=RAY_DIR,
@@ -291,14 +259,38 @@ def _run_locked(
     finished = not trials.empty and trials["state"].isin(["TERMINATED", "ERROR"]).all()
     finished = finished and len(trials) >= trial_count(spec)
     test = pd.DataFrame()
-    if finished:
+    error = most_common_error(trials) if finished else None
+    if error is not None:
+        state = "failed"
+    elif finished:
+        state = "completed"
         test = score_best_on_test(spec, arrays, trials, directory)
         if not test.empty:
             write_table(test, directory / TEST_FILE)
-    state = "completed" if finished else "interrupted"
+    else:
+        state = "interrupted"
     metadata.stop_heartbeat()
-    metadata.write(state=state, finished=now())
-    return StudyOutcome(directory, state, trials, test)
+    metadata.write(state=state, finished=now(), error=error, effective=effective_summary(trials))
+    return StudyOutcome(directory, state, trials, test, error=error)
+
+
+def effective_summary(trials: pd.DataFrame) -> dict[str, list[Any]]:
+    """What the study's trials really ran with (``effective/*``), each key's distinct values
+    across trials (study.json): e.g. precision ["bf16"] where ``auto`` picked it everywhere."""
+    columns = [c for c in trials.columns if c.startswith(EFFECTIVE_PREFIX)]
+    return {
+        c.removeprefix(EFFECTIVE_PREFIX): sorted(trials[c].dropna().unique().tolist(), key=str)
+        for c in columns
+    }
+
+
+def most_common_error(trials: pd.DataFrame) -> str | None:
+    """When every trial of a finished study failed: its most common error, with how many trials
+    it ended ("3 of 4 trials: DataError: ..."); None when any trial ran to a result."""
+    if trials.empty or not (trials["stop_reason"] == "error").all():
+        return None
+    errors = trials["error"].fillna("(no error text)").value_counts()
+    return f"{errors.iloc[0]} of {len(trials)} trials: {errors.index[0]}"
 
 
 def _read_trials(directory: Location) -> pd.DataFrame:
@@ -306,8 +298,11 @@ def _read_trials(directory: Location) -> pd.DataFrame:
 
 
 def _errored_trials(directory: Location) -> list[str]:
+    """Trials that errored after their retries, less those a config or data error ended for
+    good (Ray holds those as finished, and the same spec would fail them the same way)."""
     trials = _read_trials(directory)
-    return [] if trials.empty else trials.loc[trials["state"] == "ERROR", "trial_id"].tolist()
+    errored = [] if trials.empty else trials.loc[trials["state"] == "ERROR", "trial_id"]
+    return [t for t in errored if read_failure(directory, t) is None]
 
 
 def score_best_on_test(

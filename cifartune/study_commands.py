@@ -4,6 +4,7 @@ shells over the library that print what it returns. With ``cli``, the only modul
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import signal
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .signals import EXIT_INTERRUPTED
 
-EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
 
 
 def _print_plan(spec: Any) -> None:
@@ -43,10 +45,11 @@ def _print_plan(spec: Any) -> None:
             + ", ".join(spec.space)
         )
     else:
-        per_point = spec.search.samples
+        configurations = len(points) // spec.repeats
         print(
-            f"{len(points)} grid point(s) x {per_point} sample(s) = {p.trials} trials"
-            + (f"; each samples {', '.join(sampled)}" if sampled else "")
+            f"{configurations} configuration(s) x {spec.repeats} repeat(s) (seeds) x "
+            f"{spec.search.samples} sample(s) = {p.trials} trials"
+            + (f"; each sample draws {', '.join(sampled)}" if sampled else "")
         )
         if header:
             print("  " + "  ".join(f"{h:>16}" for h in header))
@@ -80,8 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    import yaml
-
+    from .config import load_yaml_text
     from .results import SPEC_FILE, read_study
     from .spec import LOCATION_KEYS, build_spec
 
@@ -94,7 +96,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 f"({', '.join('base.' + k for k in LOCATION_KEYS)}); to change what is trained, "
                 "run a new study"
             )
-    spec = build_spec(yaml.safe_load((directory / SPEC_FILE).read_text()), args.overrides)
+    stored = directory / SPEC_FILE
+    spec = build_spec(load_yaml_text(stored.read_text(), str(stored)), args.overrides)
     # The stored spec names the study; its parent is the storage, wherever it has moved to.
     args.storage = directory.parent.uri
     if spec.name != directory.name:
@@ -104,15 +107,31 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
     from .results import STUDY_FILE
-    from .signals import stop_on_sigterm
+    from .signals import stop_on_signals
     from .study import run_study, study_directory
+    from .supervise import end_own_session, run_supervised, supervised
 
     directory = study_directory(spec, args.storage)
+    if supervised():
+        # Registered before ray.init registers its shutdown, so it runs after it.
+        atexit.register(end_own_session)
+    else:
+        # What fails in seconds fails here, in the process the user started; the study itself
+        # runs in a child of its own session (see ``supervise``).
+        from .data import describe_source
+        from .spec import data_probes, trial_config
+
+        describe_source(trial_config(spec, {}).data, also=data_probes(spec))
+        return run_supervised(args.argv)
     print(f"study {spec.name}: results in {directory}")
     logging.getLogger("cifartune").setLevel(logging.INFO)
-    # SIGTERM (Slurm, Kubernetes, `timeout`) stops the study like Ctrl-C: Ray Tune's SIGINT
-    # handler ends it cleanly and Ray's processes are shut down on the way out.
-    stop_on_sigterm()
+    # SIGTERM and SIGHUP stop the study like Ctrl-C: Ray Tune's SIGINT handler ends it cleanly
+    # and Ray's processes are shut down on the way out (or, past the deadline, stopped).
+    stop_on_signals()
+
+    def forced_stop(where: Any) -> None:
+        print(_interrupted_hint(where), file=sys.stderr, flush=True)
+
     try:
         outcome = run_study(
             spec,
@@ -122,6 +141,7 @@ def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
             verbose=args.verbose > 0,
             restart_errored=getattr(args, "restart_errored", False),
             optuna_storage=args.optuna_storage,
+            on_forced_stop=forced_stop,
         )
     except KeyboardInterrupt:
         outcome = None
@@ -132,41 +152,58 @@ def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
             raise
         outcome = None
     if outcome is not None and outcome.already_completed:
-        print("the study is already completed; nothing to do")
+        print(f"the study is already {outcome.state}; nothing to do")
     if not (directory / STUDY_FILE).is_file():  # stopped before its first trial: nothing kept
         print("study stopped before any trial ran; nothing was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
-    _print_summary(directory)
+    _print_summary(directory, hint=False)  # the hint comes once, below
+    if outcome is not None and outcome.state == "failed":
+        print(
+            f"study failed: every trial failed; most common error ({outcome.error}); fix the "
+            f"spec and run it under another name, or rerun its errored trials with: "
+            f"cifartune resume {directory} --restart-errored",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if outcome is None or outcome.state != "completed":
-        print(f"study interrupted; continue it with: cifartune resume {directory}", file=sys.stderr)
+        print(_interrupted_hint(directory), file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"results: {directory}  (report: cifartune report {directory})")
     return 0
 
 
-def _print_summary(where: Any) -> None:
+def _interrupted_hint(directory: Any) -> str:
+    return f"study interrupted; continue it with: cifartune resume {directory}"
+
+
+def _print_summary(where: Any, *, hint: bool = True) -> None:
     from .claim import describe_driver, driver_gone, lock_is_free
     from .results import read_study
 
     study = read_study(where)
-    directory, meta, trials = study.directory, study.meta, study.trials
+    directory, meta = study.directory, study.meta
     state = str(meta.get("state"))
     if driver_gone(meta, lock_free=lock_is_free(directory)):
         state = f"interrupted: its {describe_driver(meta)} is gone"
+        study = study.driver_gone()
+    trials = study.trials
     print(
         f"study {study.name} [{state}] started {meta.get('started')}"
         + (f", finished {meta['finished']}" if meta.get("finished") else "")
     )
-    if state.startswith("interrupted"):
+    if state.startswith("interrupted") and hint:
         print(f"continue it with: cifartune resume {directory}")
+    if meta.get("error"):
+        print(f"every trial failed; most common error: {meta['error']}")
     if trials.empty:
         print("no trial has reported yet")
         return
     states = trials["stop_reason"].value_counts().to_dict()
     print(
         f"trials: {len(trials)} ({', '.join(f'{n} {k}' for k, n in states.items())}); "
-        f"epochs done: {len(study.epochs)}; compute {_hours(trials['cpu_s'].sum())} CPU, "
-        f"{_hours(trials['gpu_s'].sum())} GPU"
+        f"epochs done: {len(study.epochs)}; compute {_hours(trials['cpu_s'].sum())} CPU used "
+        f"({_hours(trials['reserved_cpu_s'].sum())} CPU, "
+        f"{_hours(trials['reserved_gpu_s'].sum())} GPU reserved)"
     )
     scored = trials.dropna(subset=["best_metric"])
     if scored.empty:
@@ -199,9 +236,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_summary(args.results)
         return 0
     from .follow import CLEAR_SCREEN, follow
-    from .signals import stop_on_sigterm
+    from .signals import stop_on_signals
 
-    stop_on_sigterm()
+    stop_on_signals()
     try:
         for frame in follow(args.results, interval=args.interval):
             print(CLEAR_SCREEN + frame + "(Ctrl-C to stop watching)", end="", flush=True)
@@ -220,7 +257,8 @@ def cmd_export_optuna(args: argparse.Namespace) -> int:
     where = storage_location(args.results, args.storage)
     print(f"Optuna study {name!r}: {len(mirror.study.trials)} trials in {where}")
     print("open it in Python with:\n" + load_study_code(args.results, args.storage, name))
-    print(f"or in a browser with: cifartune dashboard {args.results}")
+    storage = f" --storage {args.storage}" if args.storage else ""
+    print(f"or in a browser with: cifartune dashboard {args.results}{storage}")
     return 0
 
 

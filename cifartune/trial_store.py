@@ -3,6 +3,7 @@
   epochs/<trial>.parquet          one row per finished epoch, rewritten whole (atomically)
   checkpoints/<trial>/latest.pt   the newest checkpoint (each ``checkpoint.every`` epochs, the last)
   checkpoints/<trial>/best.pt     the model of the best epoch so far by the study metric
+  checkpoints/<trial>/failed.txt  the error that ended the trial for good (config or data)
 
 Nothing here depends on Ray's own checkpoints, which a resumed experiment can name after
 ``num_to_keep`` deleted them. Within one epoch the checkpoints are written first, then the row:
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest.pt"
 BEST = "best.pt"
+FAILED = "failed.txt"
+FINISHED_DIR = "finished"
 ORPHANED_DIR = "orphaned"
 
 
@@ -62,6 +65,28 @@ def better(value: Any, than: float | None, mode: str) -> bool:
     return than is None or (value > than if mode == "max" else value < than)
 
 
+def record_failure(directory: Location, trial_id: str, error: str) -> None:
+    """Keep the error that ended a trial for good (no retry can fix it): the driver reads it
+    back for the trial table, also after a resume."""
+    (checkpoint_dir(directory, trial_id) / FAILED).write_text(error)
+
+
+def read_failure(directory: Location, trial_id: str) -> str | None:
+    path = checkpoint_dir(directory, trial_id) / FAILED
+    return path.read_text() if path.is_file() else None
+
+
+def record_finished(directory: Location, trial_id: str) -> None:
+    """Mark a trial Ray reported complete (the driver writes it, one empty file per trial): what
+    a resume must know, kept apart from the trial table so that the table can be rewritten at
+    a bounded rate."""
+    (directory / FINISHED_DIR / trial_id).write_bytes(b"")
+
+
+def finished_trials(directory: Location) -> set[str]:
+    return {f.name for f in (directory / FINISHED_DIR).files()}
+
+
 def discard_trial_files(directory: Location, trial_id: str) -> None:
     """Forget a trial's epochs and checkpoints (a restart from scratch)."""
     epochs_path(directory, trial_id).unlink()
@@ -76,7 +101,12 @@ def set_aside_orphans(directory: Location, known: set[str]) -> list[str]:
     found |= {d.name for d in (directory / CHECKPOINTS_DIR).subdirs()}
     orphans = sorted(found - known)
     for trial_id in orphans:
-        for source in (epochs_path(directory, trial_id), checkpoint_dir(directory, trial_id)):
+        files = (
+            epochs_path(directory, trial_id),
+            checkpoint_dir(directory, trial_id),
+            directory / FINISHED_DIR / trial_id,
+        )
+        for source in files:
             if source.exists():
                 relative = source.path.removeprefix(directory.path + "/")
                 source.move_to(directory / ORPHANED_DIR / relative)
@@ -86,6 +116,20 @@ def set_aside_orphans(directory: Location, known: set[str]) -> list[str]:
             ORPHANED_DIR,
         )
     return orphans
+
+
+class CpuClock:
+    """CPU seconds this process used per epoch (all its threads: data, training, evaluation,
+    checkpoints), measured between two epochs' reports: ``time/cpu_s``."""
+
+    def __init__(self) -> None:
+        self.last = time.process_time()
+
+    def measure(self, metrics: dict[str, Any]) -> None:
+        # Into the epoch's own metrics dict, which the run's history holds: a checkpoint keeps
+        # it, so a row rebuilt from one has it too.
+        now = time.process_time()
+        metrics["time/cpu_s"], self.last = now - self.last, now
 
 
 class TrialWriter:
@@ -116,6 +160,7 @@ class TrialWriter:
         self.folder = checkpoint_dir(directory, trial_id)
         self.rows = pd.DataFrame()
         self.best: float | None = None
+        self.ran: dict[int, dict[str, Any]] = {}  # epoch -> pid, node and end time
 
     def resume(self) -> dict[str, Any] | None:
         """The latest checkpoint of this trial, with the rows and best value made to agree
@@ -132,7 +177,12 @@ class TrialWriter:
         stored = read_optional_table(epochs_path(self.directory, self.trial_id))
         kept = stored[stored["epoch"] <= done] if not stored.empty else stored
         have = set(kept["epoch"]) if not kept.empty else set()
-        missing = [m for m in state["history"] if m["epoch"] not in have]
+        self.ran = {int(e): dict(r) for e, r in state.get("ran", {}).items()}
+        missing: list[Mapping[str, Any]] = [
+            {**m, **self.ran.get(int(m["epoch"]), {})}
+            for m in state["history"]
+            if m["epoch"] not in have
+        ]
         if missing:  # written to the checkpoint, not yet to the rows: the rows come from it
             kept = pd.concat([kept, self._rows(missing)], ignore_index=True)
         self.rows = kept.sort_values("epoch", ignore_index=True) if not kept.empty else kept
@@ -149,14 +199,17 @@ class TrialWriter:
             self.best = float(metrics[self.metric])
         last = epoch == self.flat["epochs"] or bool(metrics.get("diverged"))
         due = last or epoch % self.every == 0
+        # Where and when the epoch ran: kept in the checkpoint too, so a row rebuilt from it
+        # (see resume) is the row this process would have written.
+        self.ran[epoch] = {**self.extras, "time/ended_at": time.time()}
         if improved or due:
-            full = {**state(), "sample": self.sample, "best_metric": self.best}
+            full = {**state(), "sample": self.sample, "best_metric": self.best, "ran": self.ran}
             if improved:
                 best = {"epoch": epoch, "metric": self.best, "model": full["model"]}
                 save_state({**best, "sample": self.sample}, self.folder / BEST)
             if due:
                 save_state(full, self.folder / LATEST)
-        row = self._rows([{**metrics, **self.extras, "time/ended_at": time.time()}])
+        row = self._rows([{**metrics, **self.ran[epoch]}])
         previous = self.rows[self.rows["epoch"] < epoch] if not self.rows.empty else self.rows
         self.rows = pd.concat([previous, row], ignore_index=True) if not previous.empty else row
         self._write_rows()

@@ -8,6 +8,7 @@ through Ray, so resuming never depends on which checkpoints Ray's snapshot remem
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -32,11 +33,14 @@ from ray.tune.search import (
 )
 from ray.tune.search.optuna import OptunaSearch
 
-from .config import flatten
-from .data import CifarArrays
-from .engine import Metrics, StateThunk, fit
+from .config import TrialConfig, flatten
+from .data import CifarArrays, DeviceData, to_device
+from .effective import effective_settings
+from .engine import Metrics, StateThunk, fit, resolve_device
+from .errors import CifartuneError
 from .optuna_mirror import OptunaMirror
-from .results import StudyRecorder, trial_keys
+from .recorder import StudyRecorder, TrialEvent
+from .results import trial_keys
 from .spec import (
     SEED_KEY,
     VARIANT_KEY,
@@ -46,7 +50,7 @@ from .spec import (
     trial_config,
 )
 from .storage import Location
-from .trial_store import TrialWriter, set_aside_orphans
+from .trial_store import CpuClock, TrialWriter, record_failure, set_aside_orphans
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,24 @@ def _ray_safe(metrics: Metrics, metric: str, mode: str) -> Metrics:
     return metrics
 
 
+# The device copy of the data, kept across the trials a reused trial process runs (Ray's
+# reuse_actors): one entry, for the last data configuration and device.
+_device_data: dict[tuple[Any, ...], DeviceData] = {}
+
+
+def trial_data(arrays: CifarArrays, config: TrialConfig) -> DeviceData:
+    """`arrays` split and copied to the trial's device, once per process and data split (the
+    trials of a study differ in what they train, rarely in which images)."""
+    device = resolve_device(config.device)
+    cfg = config.data
+    key = (arrays.origin, arrays.train_images.shape, cfg.val_size, cfg.split_seed,
+           cfg.train_subset, str(device))  # fmt: skip
+    if key not in _device_data:
+        _device_data.clear()
+        _device_data[key] = to_device(arrays, cfg, device)
+    return _device_data[key]
+
+
 def train_trial(
     sample: dict[str, Any], *, arrays: CifarArrays, spec: StudySpec, directory: str
 ) -> None:
@@ -124,31 +146,46 @@ def train_trial(
 
     It resumes from its own latest checkpoint in the results directory (a retry after a crash,
     or a resumed study), writes its checkpoints and epoch rows there, and reports each epoch to
-    Ray for the scheduler and searcher.
+    Ray for the scheduler and searcher. A config or data error (no retry can fix it) ends the
+    trial at once: it is recorded in the trial's files and the trial returns, so Ray does not
+    retry it; the driver reads it back as the trial's error.
     """
-    config = trial_config(spec, sample)
-    flat = flatten(config)
     trial_id = tune.get_context().get_trial_id()
-    writer = TrialWriter(
-        Location.of(directory),
-        trial_id,
-        sample=sample,
-        flat_config=flat,
-        keys=trial_keys(trial_id, flat, sample),
-        metric=spec.metric,
-        mode=spec.resolved_mode,
-        every=spec.checkpoint.every,
-        extras={"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()},
-    )
+    location = Location.of(directory)
     reported = False
+    try:
+        config = trial_config(spec, sample)
+        flat = flatten(config)
+        data = trial_data(arrays, config)
+        writer = TrialWriter(
+            location,
+            trial_id,
+            sample=sample,
+            flat_config=flat,
+            keys=trial_keys(trial_id, flat, sample, study=spec.name),
+            metric=spec.metric,
+            mode=spec.resolved_mode,
+            every=spec.checkpoint.every,
+            extras={
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(),
+                **effective_settings(config, data),
+            },
+        )
+        cpu = CpuClock()
 
-    def report(metrics: Metrics, state: StateThunk) -> None:
-        nonlocal reported
-        writer.record(metrics, state)
-        tune.report(_ray_safe(metrics, spec.metric, spec.resolved_mode))
-        reported = True
+        def report(metrics: Metrics, state: StateThunk) -> None:
+            nonlocal reported
+            cpu.measure(metrics)
+            writer.record(metrics, state)
+            tune.report(_ray_safe(metrics, spec.metric, spec.resolved_mode))
+            reported = True
 
-    result = fit(config, arrays, report=report, resume=writer.resume())
+        result = fit(config, data, report=report, resume=writer.resume())
+    except CifartuneError as exc:
+        log.error("trial %s cannot run: %s", trial_id, exc)
+        record_failure(location, trial_id, f"{type(exc).__name__}: {exc}")
+        return
     if not reported and result.history:
         # Resumed from a checkpoint of its last epoch (it finished after Ray's last snapshot):
         # nothing left to train, but the scheduler and searcher still get its final result.
@@ -203,7 +240,7 @@ class StudyCallback(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        self._sync(trials)
+        self._sync(trials, trial)
         log.info(
             "trial %s epoch %d: val/top1 %.2f val/loss %.3f (%.1fs)%s",
             trial.trial_id,
@@ -218,19 +255,19 @@ class StudyCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self._recorder.record_start(trial.trial_id)
-        self._sync(trials)
+        self._sync(trials, trial)
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self._recorder.record_complete(trial.trial_id)
-        self._sync(trials)
+        self._sync(trials, trial)
         log.info("trial %s finished", trial.trial_id)
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self._sync(trials)
+        self._sync(trials, trial)
         log.warning(
             "trial %s errored: %s (details: %s)",
             trial.trial_id,
@@ -242,28 +279,28 @@ class StudyCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self._recorder.record_retry(trial.trial_id, _error_text(trial))
-        self._sync(trials)
+        self._sync(trials, trial)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._sync(trials)
+        self._recorder.flush()
         set_aside_orphans(self.directory, {t.trial_id for t in trials})
 
-    def _sync(self, trials: list[Trial]) -> None:
+    def _sync(self, trials: list[Trial], touched: Trial | None = None) -> None:
+        """The trial table and the mirror, for the trial the event is about and any trial whose
+        state changed (noticing that is a dictionary lookup per trial, nothing more)."""
         recorder = self._recorder
-        table = recorder.record_states(
-            {
-                t.trial_id: (
-                    t.status,
-                    t.config,
-                    _error_text(t) if t.status == Trial.ERROR else None,
-                )
-                for t in trials
-            }
-        )
-        if self.mirror is None or table.empty:
+        touched_id = touched.trial_id if touched is not None else None
+        events = [
+            TrialEvent(t.trial_id, t.status, t.config, functools.partial(_error_text, t))
+            for t in trials
+            if t.trial_id == touched_id or recorder.needs_update(t.trial_id, t.status)
+        ]
+        changed = recorder.record_events(events, touched_id)
+        if self.mirror is None or not changed:
             return
         try:  # in trial-id order, so a mirror rebuilt from Parquet numbers its trials the same
-            for row in table.sort_values("trial_id").to_dict("records"):
+            for row in sorted(changed, key=lambda r: r["trial_id"]):
                 self.mirror.update(row, recorder.trial_epochs(row["trial_id"]))
         except Exception as exc:  # the Parquet files stay the truth; the mirror is rebuilt later
             log.warning("Optuna mirror stopped (%s); rebuild it with export-optuna", exc)

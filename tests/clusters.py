@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .helpers import default_signals
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -29,6 +31,7 @@ def _start(args: list[str]) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=default_signals,
     )
 
 
@@ -89,6 +92,7 @@ def s3_endpoint() -> Iterator[str]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=default_signals,
     )
     endpoint = f"http://127.0.0.1:{port}"
     variables = {
@@ -109,7 +113,11 @@ def s3_endpoint() -> Iterator[str]:
             else:
                 os.environ[key] = value
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
 
 
 @contextmanager

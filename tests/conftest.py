@@ -57,6 +57,10 @@ def _run_study(root: Path, **fields: Any) -> Path:
     result = run_cli(["run", str(spec), "--storage", str(root / "r")], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    # Nothing that is not news to someone who started a study: Optuna's study creation, Ray's
+    # complaint about result files cifartune does not use, the resume hint of a finished study.
+    for noise in ("A new study created", "Failed to fetch metrics", "continue it with"):
+        assert noise not in result.stdout + result.stderr, noise
     return root / "r" / fields["name"]
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from cifartune.config import build_trial_config
 from cifartune.data import CifarArrays
+from cifartune.supervise import session_processes
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "data" / "cifar10"
@@ -57,6 +60,14 @@ def write_mirror(directory: Path, arrays: CifarArrays) -> Path:
     return directory
 
 
+def default_signals() -> None:
+    """``preexec_fn`` of every process a test starts: the default dispositions of the signals
+    tests send. A suite started in the background (``cmd &`` in a script, ``nohup``) runs with
+    SIGINT (and SIGHUP) ignored, which a child inherits: its Ctrl-C would never arrive."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def run_cli(
     args: Sequence[str], cwd: Path | None = None, timeout: float = 600, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -69,7 +80,47 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=default_signals,
     )
+
+
+def start_cli(args: Sequence[str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    """``python -m cifartune ARGS`` as a background process in a session of its own, with the
+    default signal dispositions: a test can signal it, or kill it with every process it started
+    (:func:`stop_session`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cifartune", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        start_new_session=True,
+        preexec_fn=default_signals,
+    )
+
+
+def stop_session(process: subprocess.Popen[str]) -> None:
+    """SIGKILL `process` (a session leader: :func:`start_cli`) and every live process of its
+    session, then reap it. Nothing to do for a session already gone."""
+    for pid in session_processes(process.pid):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # a pipe still held open: the process itself is reaped
+        process.kill()
+        process.wait(timeout=60)
+
+
+@contextmanager
+def stopped_at_exit(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """The body's process, stopped with its whole session when the body ends, passed or failed:
+    a failing test leaves nothing running."""
+    try:
+        yield process
+    finally:
+        stop_session(process)
 
 
 # Metrics that measure time, not training: equal runs differ only there.

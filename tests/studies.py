@@ -8,6 +8,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+# Where the Ray tests import them from.
+from .helpers import session_processes, start_cli  # noqa: F401
+
 TINY_BASE = {
     "epochs": 2,
     "batch_size": 50,
@@ -30,37 +33,8 @@ def epochs_of(results: Path) -> pd.DataFrame:
 
 def start_study(spec: Path, cwd: Path, *args: str) -> Any:
     """`cifartune run SPEC --storage CWD/r` as a real background process in a session of its own
-    (so a test can signal or kill it with every process it started)."""
+    (so a test can signal or kill it with every process it started: helpers.stop_session)."""
     return start_cli(["run", str(spec), "--storage", str(cwd / "r"), *args], cwd)
-
-
-def start_cli(args: list[str], cwd: Path) -> Any:
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "cifartune", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        start_new_session=True,
-    )
-
-
-def session_processes(session: int) -> list[int]:
-    """Pids of the live processes in `session` (Linux /proc), zombies excluded."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == session:
-            pids.append(int(stat.parent.name))
-    return pids
 
 
 def wait_for(predicate: Any, timeout: float = 240) -> None:
@@ -101,7 +75,8 @@ def fabricate_study(
     import math
 
     from cifartune.config import flatten
-    from cifartune.results import StudyRecorder, epoch_rows, trial_keys, write_table
+    from cifartune.recorder import StudyRecorder, TrialEvent
+    from cifartune.results import epoch_rows, trial_keys, write_table
     from cifartune.spec import build_spec, spec_hash, trial_config
 
     def resolve_flat(spec, sample):
@@ -133,7 +108,7 @@ def fabricate_study(
         spec.resources.cpus,
         spec.resources.gpus,
     )
-    states = {}
+    events = []
     for trial_id, (sample, val_top1, final_state, diverged) in curves.items():
         history = []
         for epoch, top1 in enumerate(val_top1, start=1):
@@ -158,15 +133,16 @@ def fabricate_study(
                     "init/top5": 50.0,
                     "node_id": "n1",
                     "pid": 1,
+                    "time/ended_at": 1.767e9 + 60 * epoch,  # Unix seconds, as time.time()
                 }
             )
         flat = resolve_flat(spec, sample)
-        rows = epoch_rows(history, flat, **trial_keys(trial_id, flat, sample))
+        rows = epoch_rows(history, flat, **trial_keys(trial_id, flat, sample, study=spec.name))
         write_table(rows, study_dir / "epochs" / f"{trial_id}.parquet")
         if final_state == "TERMINATED":
             recorder.record_complete(trial_id)
-        states[trial_id] = (final_state, sample, None)
-    recorder.record_states(states)
+        events.append(TrialEvent(trial_id, final_state, sample))
+    recorder.record_events(events)
     if test_scores:
         trials = recorder.trial_table()
         rows = [

@@ -1,7 +1,4 @@
 import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
@@ -9,7 +6,8 @@ import yaml
 
 from cifartune.cli import build_parser, main
 
-from .helpers import REPO, run_cli
+from .helpers import REPO, run_cli, start_cli, stopped_at_exit
+from .studies import wait_for
 
 
 def test_help_of_every_command(capsys):
@@ -66,7 +64,7 @@ def test_train_writes_metrics_config_and_checkpoint(tmp_path):
     assert frame["epoch"].tolist() == [1, 2]
     assert frame["config/data.augment"].iloc[0] == "crop+flip"
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["epochs"] == 2 and saved["data"]["augment"] == ["crop", "flip"]
+    assert saved["epochs"] == 2 and saved["data"]["augment"] == "crop+flip"
     assert (out / "checkpoint.pt").is_file()
     # The same --out again without --resume is refused rather than overwritten.
     again = run_cli(["train", "--set", "epochs=2", "--out", str(out)])
@@ -114,19 +112,11 @@ def test_ctrl_c_keeps_finished_epochs_and_resume_completes_the_run(tmp_path):
         "--out",
         str(out),
     ]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cifartune", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    metrics = out / "metrics.parquet"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(pd.read_parquet(metrics)) >= 2):
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    with stopped_at_exit(start_cli(args, cwd=REPO)) as process:
+        metrics = out / "metrics.parquet"
+        wait_for(lambda: metrics.exists() and len(pd.read_parquet(metrics)) >= 2, timeout=120)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "cifartune train --resume" in stderr and "Traceback" not in stderr
     before = pd.read_parquet(metrics)

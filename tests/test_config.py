@@ -89,7 +89,7 @@ def test_missing_file(tmp_path):
 def test_flatten_round_trips():
     config = build_trial_config({}, {"data.augment": ["crop", "flip"], "optim.lr": 0.3})
     flat = flatten(config)
-    assert flat["optim.lr"] == 0.3 and flat["data.augment"] == ["crop", "flip"]
+    assert flat["optim.lr"] == 0.3 and flat["data.augment"] == "crop+flip"
     assert build_trial_config(unflatten(flat)) == config
 
 

@@ -2,13 +2,11 @@
 
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import urllib.request
 
 import pandas as pd
@@ -19,7 +17,7 @@ from cifartune.follow import follow, render_status
 from cifartune.optuna_mirror import OptunaMirror
 from cifartune.results import LOCK_FILE, STUDY_FILE, read_study
 
-from .helpers import CHROMIUM, headless_chromium, run_cli
+from .helpers import CHROMIUM, headless_chromium, run_cli, start_cli, stop_session, stopped_at_exit
 from .studies import wait_for
 from .test_optuna_mirror import asha_study, grid_study
 
@@ -109,19 +107,14 @@ def _page_text(url, profile):
 
 
 def start_dashboard(results, *extra):
-    """`cifartune dashboard` on a free port; returns the process and the study page's URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cifartune", "dashboard", str(results), "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
+    """`cifartune dashboard` on a free port; returns the process and the study page's URL.
+    Callers stop it with `stopped_at_exit`, whatever the test's outcome."""
+    process = start_cli(["dashboard", str(results), "--port", "0", *extra])
     line = process.stdout.readline()  # printed once the port is bound
     match = re.search(r"(http://127\.0\.0\.1:\d+)(/dashboard/studies/\d+)", line)
     if match is None:
-        process.kill()
-        raise AssertionError(f"no URL in {line!r}; stderr: {process.communicate()[1]}")
+        stop_session(process)
+        raise AssertionError(f"no URL in {line!r}; stderr: {process.stderr.read()}")
     return process, match.group(1), match.group(1) + match.group(2)
 
 
@@ -134,7 +127,7 @@ def stop_dashboard(process, signum=signal.SIGTERM):
 def test_dashboard_serves_the_study_follows_new_epochs_and_stops_cleanly(tmp_path):
     results = asha_study(tmp_path)  # no journal yet: the command builds it from Parquet
     process, root, page = start_dashboard(results)
-    try:
+    with stopped_at_exit(process):
         (summary,) = _get(root + "/api/studies")["study_summaries"]
         assert summary["study_name"] == "search" and summary["directions"] == ["maximize"]
         detail = _get(f"{root}/api/studies/{summary['study_id']}")
@@ -164,20 +157,17 @@ def test_dashboard_serves_the_study_follows_new_epochs_and_stops_cleanly(tmp_pat
         text = _page_text(page, tmp_path / "profile")
         assert "search" in text and "Best Trial (number=2)" in text and "trial #6" in text
         assert not re.search(r"error|failed to", text, re.I), text[:2000]
-    finally:
-        if process.poll() is None:
-            stop_dashboard(process)
+        stop_dashboard(process)
 
 
 def test_dashboard_stops_with_ctrl_c_and_refuses_a_busy_port(tmp_path):
     results = grid_study(tmp_path)
     process, root, _ = start_dashboard(results)
-    try:
+    with stopped_at_exit(process):
         port = root.rsplit(":", 1)[1]
         out = run_cli(["dashboard", str(results), "--port", port])
         assert out.returncode == 2 and f"--port {port}" in out.stderr
         assert "pass another --port" in out.stderr
-    finally:
         stop_dashboard(process, signal.SIGINT)
 
 
@@ -199,8 +189,7 @@ def test_dashboard_on_a_running_study(tmp_path):
         resources={"cpus": 1, "max_concurrent": 1},
     )
     results = tmp_path / "r" / "live"
-    study = start_study(spec, tmp_path)
-    try:
+    with stopped_at_exit(start_study(spec, tmp_path)) as study:
 
         def running_in_journal():
             if not (results / "optuna.journal").exists():
@@ -212,16 +201,52 @@ def test_dashboard_on_a_running_study(tmp_path):
 
         wait_for(running_in_journal, timeout=300)
         process, root, page = start_dashboard(results)
-        try:
+        with stopped_at_exit(process):
             detail = _get(root + "/api/studies/0")
             assert "Running" in {t["state"] for t in detail["trials"]}
             text = _page_text(page + "/trials", tmp_path / "profile")  # the trial list
             assert "live (id=0)" in text and "Trial 0 Running" in text
             # No error banner (the trial's own `error` attribute is null while it runs).
             assert not re.search(r"failed to|\berror\b(?!\s+null)", text, re.I), text[:2000]
-        finally:
             stop_dashboard(process)
         assert study.poll() is None, "the study ended before the dashboard was read"
-    finally:
         study.send_signal(signal.SIGINT)
         study.communicate(timeout=120)
+
+
+def test_status_of_a_dead_drivers_study_agrees_with_its_epoch_files(tmp_path):
+    results = asha_study(tmp_path)
+    # The running trial wrote an epoch after the trial table's last write, then its driver
+    # died (a pid that is gone, on this host, its lock free).
+    path = results / "epochs" / "t_00006.parquet"
+    rows = pd.read_parquet(path)
+    newer = rows.iloc[-1:].assign(epoch=3, **{"val/top1": 70.0})
+    pd.concat([rows, newer], ignore_index=True).to_parquet(path)
+    meta = json.loads((results / STUDY_FILE).read_text())
+    meta.update(host=socket.gethostname(), pid=2**22 + 1)
+    (results / STUDY_FILE).write_text(json.dumps(meta))
+    out = run_cli(["status", str(results)]).stdout
+    assert "epochs done: 17" in out
+    assert "best so far: val/top1 70.000 (trial t_00006, epoch 3)" in out  # not the table's 60
+    assert "running" not in out.split("trials:", 1)[1].split("\n", 1)[0]  # none runs any more
+    text = render_status(read_study(results), NOW, live=False)
+    assert "best so far: val/top1 70.000 (trial t_00006" in text and "running:" not in text
+    assert "2 interrupted" in text  # the running and the pending trial
+
+
+def test_eta_counts_measured_start_ups_and_the_trials_running_at_once(tmp_path):
+    results = asha_study(tmp_path)
+    trials = pd.read_parquet(results / "trials.parquet")
+    epochs = read_study(results).epochs
+    first = epochs.groupby("trial_id").first()
+    began = first["time/ended_at"] - pd.to_timedelta(first["time/epoch_s"], unit="s")
+    # Each trial began its first epoch 5 s after Ray started it; two trials run now.
+    trials["started_at"] = trials["trial_id"].map(began - pd.Timedelta(seconds=5))
+    trials.loc[trials["trial_id"] == "t_00005", ["state", "stop_reason"]] = ["RUNNING", "running"]
+    trials.to_parquet(results / "trials.parquet")
+    text = render_status(read_study(results), NOW, live=True)
+    seconds = epochs["time/epoch_s"].median()
+    left = 2 + 4 + 3  # t_00006's 2, the pending trial's 4, t_00005's 3 (worst case)
+    eta = round((left * seconds + 1 * 5.0) / 2)
+    assert "1 trial start(s) at 5.0 s; 2 trial(s) running at once)" in text
+    assert f"ETA: at most {eta // 60}m {eta % 60:02d}s ({left} epochs left" in text

@@ -39,7 +39,8 @@ def no_data_env(tmp_path, monkeypatch):
 def test_shipped_specs_name_no_machine_path_and_run_on_cifartune_data(
     tmp_path, no_data_env, capsys, monkeypatch
 ):
-    mirror = write_mirror(tmp_path / "mirror", synthetic_arrays(400, 100))
+    # As many images as the largest shipped CPU study asks for (validate checks the sizes).
+    mirror = write_mirror(tmp_path / "mirror", synthetic_arrays(7000, 100))
     monkeypatch.setenv("CIFARTUNE_DATA", str(mirror))
     for path in sorted((REPO / "studies").glob("*.yaml")):
         assert "shared" not in path.read_text(), path
@@ -47,8 +48,9 @@ def test_shipped_specs_name_no_machine_path_and_run_on_cifartune_data(
         expected = "bundled slice" if path.stem == "smoke" else f"read from {mirror} (mirror)"
         assert expected in capsys.readouterr().out, path
     out = tmp_path / "run"
+    small = ["--set", "data.val_size=100", "--set", "data.train_subset=300"]
     train = run_cli(
-        ["train", "--set", "epochs=1", "--set", "data.val_size=100", "--out", str(out)],
+        ["train", "--set", "epochs=1", *small, "--out", str(out)],
         CIFARTUNE_DATA=str(mirror),
         **no_data_env,
     )

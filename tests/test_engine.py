@@ -1,3 +1,4 @@
+import copy
 import math
 import os
 from pathlib import Path
@@ -5,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cifartune import engine
@@ -12,11 +14,14 @@ from cifartune.config import ConfigError, DataConfig
 from cifartune.data import CifarArrays, load_bundled, split_indices, to_device
 from cifartune.engine import (
     build_run,
+    evaluate,
     fit,
     native_bf16,
     resolve_precision,
+    score_on_test,
     train_one_epoch,
 )
+from cifartune.transforms import to_float
 
 from .helpers import TIMING, quick_config, round_trip, synthetic_arrays, without_timings
 
@@ -291,6 +296,82 @@ def test_diverging_run_ends_as_diverged_and_keeps_its_epochs(bundled):
     assert again.status == "diverged" and len(again.history) == 3
 
 
+def test_a_loss_above_1000_nats_is_divergence_even_when_finite():
+    # README: "A non-finite or exploding loss (> 1000) ends the run as diverged".
+    assert engine.DIVERGENCE_LOSS == 1000
+    assert engine._finite_and_bounded(torch.tensor(999.0))
+    for loss in (1000.5, 1e6, math.inf, -math.inf, math.nan):
+        assert not engine._finite_and_bounded(torch.tensor(loss))
+
+
+# Dropout and batch norm: the layers whose output depends on train/eval mode.
+MODE_DEPENDENT = {
+    "precision": "fp32",
+    "model__dropout": 0.5,
+    "model__batchnorm": True,
+    "data__train_subset": 100,
+    "data__val_size": 50,
+}
+
+
+def _trained_run(bundled):
+    """A run after one training epoch: its model in training mode, batch-norm statistics moved."""
+    cfg = quick_config(**MODE_DEPENDENT)
+    run = build_run(cfg, to_device(bundled, cfg.data, torch.device("cpu")))
+    train_one_epoch(run)
+    assert run.model.training
+    return run
+
+
+def _eval_mode_scores(model, run, images, labels):
+    """Loss and top-1 of `model` in eval mode, computed by hand (no crop configured)."""
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        logits = model(run.model_input(to_float(images))).float()
+    loss = F.cross_entropy(logits, labels).item()
+    return loss, 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def test_validation_runs_the_model_in_eval_mode(bundled):
+    run = _trained_run(bundled)
+    before = copy.deepcopy(run.model.state_dict())
+    first = evaluate(run, run.data.val_x, run.data.val_y, "val")
+    second = evaluate(run, run.data.val_x, run.data.val_y, "val")
+    assert first == second  # no dropout noise
+    after = run.model.state_dict()
+    for name, tensor in before.items():  # batch-norm running statistics untouched
+        assert torch.equal(after[name], tensor), name
+    loss, top1 = _eval_mode_scores(run.model, run, run.data.val_x, run.data.val_y)
+    assert first["val/loss"] == pytest.approx(loss, rel=1e-5)
+    assert first["val/top1"] == pytest.approx(top1)
+
+
+def test_test_scoring_runs_the_saved_model_in_eval_mode(bundled):
+    run = _trained_run(bundled)
+    state = round_trip(run.state_dict())
+    first = score_on_test(run.config, run.data, state)
+    assert score_on_test(run.config, run.data, state) == first
+    model = copy.deepcopy(run.model)
+    model.load_state_dict(state["model"])
+    loss, top1 = _eval_mode_scores(model, run, run.data.test_x, run.data.test_y)
+    assert first["test/loss"] == pytest.approx(loss, rel=1e-5)
+    assert first["test/top1"] == pytest.approx(top1)
+
+
+def test_every_epoch_trains_in_training_mode_and_scores_in_eval_mode(bundled):
+    # 100 training images in batches of 64: two training forwards, then one validation forward
+    # (eval_test is off: no test-set pass), every epoch, whatever mode the epoch before left.
+    cfg = quick_config(epochs=2, **MODE_DEPENDENT)
+    data = to_device(bundled, cfg.data, torch.device("cpu"))
+    run = build_run(cfg, data)
+    modes = []
+    run.model.register_forward_pre_hook(lambda module, _: modes.append(module.training))
+    for _ in range(cfg.epochs):
+        engine.run_epoch(run, with_test=cfg.eval_test)
+    assert modes == [True, True, False] * 2
+    assert not any(key.startswith("test/") for key in run.history[-1])
+
+
 def test_normalizer_is_fitted_on_the_training_split_only():
     # Training images: a 0/102 checkerboard (mean 0.2, std 0.2 in every channel, exactly);
     # validation and test images are all 255, so any leak moves the statistics far away.
@@ -375,7 +456,84 @@ def test_bf16_and_fp32_runs_agree_within_a_tolerance(bundled):
     assert bf16["val/loss"] == pytest.approx(fp32["val/loss"], abs=0.05)
 
 
+@pytest.mark.parametrize(("cuda", "expected"), [(True, "cuda"), (False, "cpu")])
+def test_auto_device_is_cuda_when_present(monkeypatch, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert engine.resolve_device("auto") == torch.device(expected)
+    assert engine.resolve_device("cpu") == torch.device("cpu")
+
+
 def test_cuda_without_cuda_is_a_clear_error(bundled, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"device = 'cuda': no CUDA device.*use device=cpu"):
         fit(quick_config(device="cuda"), bundled)
+
+
+def _fused(monkeypatch):
+    """The engine's optimizers built with torch's fused kernels (CPU fused Adam/SGD exist)."""
+    build = engine.build_optimizer
+    monkeypatch.setattr(engine, "build_optimizer", lambda *a, **k: build(*a, **k, fused=True))
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_a_cpu_written_adam_checkpoint_resumes_into_a_fused_optimizer(bundled, monkeypatch, name):
+    # `cifartune train --resume` of a CPU checkpoint on CUDA (PyTorch issue 124133): the CPU
+    # wrote fused=None, the resuming optimizer is fused. torch places each `step` tensor by the
+    # flags of the param groups it loads, so ours must be in them before it does: a fused
+    # kernel wants `step` as float32 on the parameter's device.
+    _fused(monkeypatch)
+    cfg = config(epochs=3, data__train_subset=128, optim__name=name, optim__lr=1e-3)
+    states = {}
+    full = fit(cfg, bundled, report=lambda m, thunk: states.setdefault(m["epoch"], thunk()))
+    assert full.run.optimizer.param_groups[0]["fused"] is True
+    cpu_written = round_trip(states[1])
+    for group in cpu_written["optimizer"]["param_groups"]:
+        group["fused"] = None  # what torch's CPU default writes
+    policies = []
+    policy = torch.optim.Optimizer._process_value_according_to_param_policy
+
+    def spy(param, value, param_id, param_groups, key=None):
+        if key == "step":
+            group = next(g for g in param_groups if param_id in g["params"])
+            policies.append(group["fused"])
+        return policy(param, value, param_id, param_groups, key)
+
+    monkeypatch.setattr(torch.optim.Optimizer, "_process_value_according_to_param_policy", spy)
+    run = build_run(cfg, to_device(bundled, cfg.data, torch.device("cpu")))
+    run.load_state_dict(round_trip(cpu_written))
+    assert policies and set(policies) == {True}  # loaded under our kernel's placement policy
+    for param, state in run.optimizer.state.items():
+        assert state["step"].device == param.device and state["step"].dtype == torch.float32
+    assert run.optimizer.param_groups[0]["fused"] is True
+    resumed = fit(cfg, bundled, resume=cpu_written)
+    assert without_timings(resumed.history) == without_timings(full.history)
+
+
+def test_the_test_set_is_scored_in_the_precision_the_model_trained_in(bundled, monkeypatch):
+    # Trained where `precision: auto` meant fp32, scored where it means bf16 (a GPU): the score
+    # is the fp32 evaluation, from the precision the checkpoint records.
+    monkeypatch.setattr(engine, "native_bf16", lambda _device: False)
+    cfg = quick_config(precision="auto", data__train_subset=128, data__val_size=50)
+    trained = fit(cfg, bundled)
+    state = round_trip(trained.run.state_dict())
+    assert state["precision"] == "fp32"
+    fp32 = evaluate(trained.run, trained.run.data.test_x, trained.run.data.test_y, "test")
+    monkeypatch.setattr(engine, "native_bf16", lambda _device: True)
+    assert score_on_test(cfg, trained.run.data, state) == fp32
+    # A checkpoint from before the record: the config's precision, resolved where it scores.
+    old = {k: v for k, v in state.items() if k != "precision"}
+    bf16 = score_on_test(cfg, trained.run.data, old)
+    assert bf16 != fp32
+    assert bf16 == score_on_test(cfg.model_copy(update={"precision": "bf16"}), trained.run.data, old)
+
+
+def test_the_test_set_reaches_the_device_only_when_scored(bundled):
+    cfg = quick_config(data__train_subset=128, data__val_size=50)
+    data = to_device(bundled, cfg.data, torch.device("cpu"))
+    result = fit(cfg, data)
+    assert not data.test_on_device  # eval_test is off: trained and validated without it
+    score_on_test(cfg, data, result.run.state_dict())
+    assert data.test_on_device
+    with_test = to_device(bundled, cfg.data, torch.device("cpu"))
+    fit(cfg.model_copy(update={"eval_test": True}), with_test)
+    assert with_test.test_on_device

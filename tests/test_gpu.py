@@ -106,3 +106,111 @@ def test_bf16_and_fp32_agree_on_cuda(bundled):
     bf16 = fit(quick_config(precision="bf16", **common), bundled).history[-1]
     assert bf16["val/top1"] == pytest.approx(fp32["val/top1"], abs=6)
     assert bf16["val/loss"] == pytest.approx(fp32["val/loss"], abs=0.15)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "momentum"])
+def test_a_cpu_checkpoint_resumes_on_cuda(bundled, name):
+    # `cifartune train --resume` of a checkpoint written on a CPU (fused=None, `step` on the
+    # CPU) into CUDA's fused optimizer: torch must place `step` where the fused kernel wants it.
+    common = {"epochs": 3, "data__train_subset": 256, "optim__name": name, "optim__lr": 1e-3}
+    states = {}
+    fit(
+        quick_config(device="cpu", **common),
+        bundled,
+        report=lambda m, t: states.setdefault(m["epoch"], t()),
+    )
+    cuda = fit(quick_config(device="cuda", **common), bundled, resume=round_trip(states[1]))
+    assert cuda.status == "completed" and len(cuda.history) == 3
+    optimizer = cuda.run.optimizer
+    assert optimizer.param_groups[0]["fused"] is True
+    for param, state in optimizer.state.items():
+        if "step" in state:
+            assert state["step"].device == param.device and state["step"].dtype == torch.float32
+
+
+def test_zca_trains_on_cuda(bundled):
+    cfg = quick_config(device="cuda", epochs=2, data__train_subset=1000, data__normalize="zca")
+    result = fit(cfg, bundled)
+    run = result.run
+    assert run.normalizer.matrix.is_cuda and run.normalizer.matrix.shape == (3072, 3072)
+    assert result.status == "completed" and result.history[-1]["val/top1"] > 12
+
+
+@pytest.mark.parametrize(
+    "name", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
+)
+def test_every_optimizer_trains_on_cuda(bundled, name):
+    lr = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-4, "adagrad": 1e-2}.get(name, 0.02)
+    cfg = quick_config(
+        device="cuda", epochs=2, data__train_subset=500, optim__name=name, optim__lr=lr
+    )
+    result = fit(cfg, bundled)
+    assert result.status == "completed"
+    assert result.history[-1]["train/loss"] < result.history[0]["init/loss"]
+    states = {}
+    fit(cfg, bundled, report=lambda m, t: states.setdefault(m["epoch"], t()))
+    resumed = fit(cfg, bundled, resume=round_trip(states[1]))
+    assert without_timings(resumed.history) == without_timings(result.history)
+
+
+def test_the_test_set_stays_off_the_gpu_until_scored(bundled):
+    from cifartune.engine import score_on_test
+
+    cfg = quick_config(device="cuda", data__train_subset=256)
+    data = to_device(bundled, cfg.data, torch.device("cuda"))
+    result = fit(cfg, data)
+    assert not data.test_on_device
+    scores = score_on_test(cfg, data, result.run.state_dict())
+    assert data.test_on_device and data.test_x.is_cuda and 0 <= scores["test/top1"] <= 100
+
+
+def test_a_study_driver_holds_no_cuda_context():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from cifartune.study import environment; "
+        "hw = environment()['hardware']; "
+        "assert hw['gpus'] and not torch.cuda.is_initialized(), hw; print(hw['gpus'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("mode", ["model", "cudagraphs"])
+def test_compiled_training_on_cuda_resumes_exactly(bundled, mode):
+    cfg = quick_config(
+        device="cuda", epochs=3, compile=mode, data__train_subset=640, model__dropout=0.3,
+        optim__name="adam", optim__lr=1e-3,
+    )  # fmt: skip
+    states = {}
+    full = fit(cfg, bundled, report=lambda m, t: states.setdefault(m["epoch"], t()))
+    eager = fit(cfg.model_copy(update={"compile": "none"}), bundled)
+    assert full.history[-1]["val/top1"] == pytest.approx(eager.history[-1]["val/top1"], abs=8)
+    resumed = fit(cfg, bundled, resume=round_trip(states[1]))
+    assert without_timings(resumed.history) == without_timings(full.history)
+
+
+@pytest.mark.slow
+def test_a_ray_study_packs_two_trials_on_one_gpu(tmp_path):
+    # gpus: 0.25 and 2 trials: Ray runs both at once on the one GPU, each on CUDA.
+    import pandas as pd
+
+    from .helpers import run_cli
+    from .studies import TINY_BASE, write_spec
+
+    base = {**TINY_BASE, "epochs": 3, "data": {**TINY_BASE["data"], "train_subset": 1000}}
+    spec = write_spec(
+        tmp_path, name="packed", base=base, space={"optim.lr": [0.05, 0.01]},
+        resources={"cpus": 1, "gpus": 0.25}, test_best=2,
+    )  # fmt: skip
+    result = run_cli(["run", str(spec), "--storage", str(tmp_path / "r")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = tmp_path / "r" / "packed"
+    trials = pd.read_parquet(results / "trials.parquet")
+    assert len(trials) == 2 and set(trials["state"]) == {"TERMINATED"}
+    epochs = pd.concat(pd.read_parquet(p) for p in (results / "epochs").glob("*.parquet"))
+    spans = epochs.assign(start=epochs["time/ended_at"] - epochs["time/epoch_s"])
+    spans = spans.groupby("trial_id").agg(start=("start", "min"), end=("time/ended_at", "max"))
+    assert spans["start"].max() < spans["end"].min()  # the two trials overlapped in time
+    assert len(pd.read_parquet(results / "test.parquet")) == 2

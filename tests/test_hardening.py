@@ -1,20 +1,25 @@
 """Failure modes: malformed specs (fuzzed), concurrent and repeated runs, diverging and failing
 trials, storage faults. Process-level modes use real processes and signals."""
 
+import dataclasses
 import errno
 import os
 import random
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from cifartune.cli import main
+from cifartune.data import DataError, describe_source, load_arrays, to_device
 from cifartune.results import read_parquet_dir, read_study, write_table
+from cifartune.spec import build_spec, data_probes, trial_config
 
-from .helpers import run_cli
+from .helpers import run_cli, synthetic_arrays, write_mirror
 from .studies import TINY_BASE, write_spec
 
 VALID = {
@@ -175,18 +180,46 @@ def test_a_finished_study_is_not_rerun_nor_mixed_with_another_spec(grid_study, t
     other = write_spec(tmp_path, name="grid", base={**TINY_BASE, "epochs": 3})
     mixed = run_cli(["run", str(other), "--storage", storage])
     assert mixed.returncode == 2 and "made from another spec" in mixed.stderr
+    assert "base.epochs: 2 there, 3 here" in mixed.stderr  # what differs, not two hashes
+
+
+def _lopsided_mirror(directory):
+    """A mirror of 210 training images whose class 9 has 12 (the others 22 each): the
+    validation split of 100 takes 10 of every class and leaves class 9 with 2, so a
+    stratified subset of 100 (10 a class) cannot be drawn though 110 images are left. Only
+    the labels tell, and no check before the start reads them: the trial finds out."""
+    arrays = synthetic_arrays(210, 100)
+    labels = np.repeat(np.arange(10), [22] * 9 + [12])
+    return write_mirror(directory, dataclasses.replace(arrays, train_labels=labels))
+
+
+def _failing_trial_spec(tmp_path):
+    # lr 50 diverges, the lopsided subset fails inside its trial; ASHA ranks the rest.
+    data = {"source": "mirror", "dir": str(_lopsided_mirror(tmp_path / "mirror")), "val_size": 100}
+    return dict(
+        base={**TINY_BASE, "epochs": 4, "batch_size": 25, "data": data},
+        variants={"ok": {}, "diverges": {"optim.lr": 50.0}, "fails": {"data.train_subset": 100}},
+        scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2},
+        retries=0,
+    )
+
+
+def test_the_failing_trial_passes_the_checks_and_fails_in_its_trial(tmp_path):
+    # The premise of the next test, without Ray: every check before the start passes, and only
+    # the "fails" variant's data setup raises, naming the field.
+    spec = build_spec({"name": "tiny", **_failing_trial_spec(tmp_path)})
+    describe_source(trial_config(spec, {}).data, also=data_probes(spec))
+    arrays = load_arrays(trial_config(spec, {}).data)
+    for variant in ("ok", "diverges"):
+        to_device(arrays, trial_config(spec, {"variant": variant}).data, torch.device("cpu"))
+    failing = trial_config(spec, {"variant": "fails"}).data
+    with pytest.raises(DataError, match=r"data\.train_subset=100 .*class 9, only 2 available"):
+        to_device(arrays, failing, torch.device("cpu"))
 
 
 @pytest.mark.slow
 def test_diverging_and_failing_trials_do_not_stop_the_study(tmp_path):
-    # lr 50 diverges, a subset larger than the data fails inside its trial; ASHA ranks the rest.
-    spec = write_spec(
-        tmp_path,
-        base={**TINY_BASE, "epochs": 4, "batch_size": 25},
-        variants={"ok": {}, "diverges": {"optim.lr": 50.0}, "fails": {"data.train_subset": 5000}},
-        scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2},
-        retries=0,
-    )
+    spec = write_spec(tmp_path, **_failing_trial_spec(tmp_path))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     result = subprocess.run(
         [sys.executable, "-m", "cifartune", "run", str(spec), "--storage", str(tmp_path / "r")],
@@ -203,7 +236,7 @@ def test_diverging_and_failing_trials_do_not_stop_the_study(tmp_path):
     assert trials.loc["diverges", "stop_reason"] == "diverged"
     assert trials.loc["diverges", "epochs_run"] >= 1
     assert trials.loc["fails", "stop_reason"] == "error"
-    assert "train_subset=5000" in trials.loc["fails", "error"]
+    assert "train_subset=100" in trials.loc["fails", "error"]
     assert trials.loc["ok", "stop_reason"] in ("completed", "early-stopped")
     assert study.meta["state"] == "completed"
     # Checkpoint disk stays bounded: the latest and the best, per trial that trained.

@@ -3,7 +3,7 @@ nothing is silenced wholesale, tracebacks of Ray internals stay in the trials' e
 
 import logging
 
-from cifartune.study import _OneLineRayLogs
+from cifartune.runtime import OneLineRayLogs
 
 
 def _record(message, level=logging.WARNING, exc_info=None):
@@ -16,14 +16,19 @@ def test_a_ray_warning_is_kept_on_one_line_without_its_traceback():
     except RuntimeError as exc:
         error = (RuntimeError, exc, exc.__traceback__)
     record = _record("Trial task failed for trial x\nTraceback (most recent call last):", 40, error)
-    assert _OneLineRayLogs().filter(record)
+    assert OneLineRayLogs().filter(record)
     assert record.getMessage() == "Trial task failed for trial x"
     assert record.exc_info is None and record.exc_text is None
     warning = _record("No trial resources are available for launching the task. Resources: 0 GPU")
-    assert _OneLineRayLogs().filter(warning)
+    assert OneLineRayLogs().filter(warning)
     assert "No trial resources are available" in warning.getMessage()
 
 
 def test_ray_advice_to_call_tuner_restore_is_dropped_for_cifartune_resume():
     record = _record("Experiment has been interrupted... Resume with: Tuner.restore(path=...)")
-    assert not _OneLineRayLogs().filter(record)
+    assert not OneLineRayLogs().filter(record)
+
+
+def test_rays_result_loader_complaint_is_dropped():
+    # Our trials report through Parquet, not Ray's result files: the complaint is not news.
+    assert not OneLineRayLogs().filter(_record("Failed to fetch metrics for 1 trial(s):\n"))

@@ -15,14 +15,18 @@ from cifartune.results import StudyData, read_study
 from .helpers import CHROMIUM, headless_chromium, run_cli
 from .studies import fabricate_study, write_spec
 
+# The grid and the ablation stand for the practical work's studies (they declare it); the
+# Optuna search is a user's own.
 GRID_SPEC = {
     "name": "grid",
+    "reproduces": "practical-work",
     "base": {"epochs": 4},
     "space": {"optim.lr": [1.0, 0.1, 0.001], "batch_size": [32, 128]},
     "repeats": 2,
 }
 ABLATION_SPEC = {
     "name": "ablation",
+    "reproduces": "practical-work",
     "base": {"epochs": 5},
     "variants": {
         "baseline": {},
@@ -349,6 +353,7 @@ def real_study(tmp_path_factory):
         description="a real study <b>bold</b>",
         variants={"baseline": {}, "standardize": {"data.normalize": "standardize"}},
         repeats=2,
+        reproduces="practical-work",
     )
     result = run_cli(["run", str(spec), "--storage", str(root / "r")], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]

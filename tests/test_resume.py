@@ -1,12 +1,13 @@
 """Interruptions at any moment, on a real local Ray runtime: the study's whole process group is
-killed (and finally sent SIGTERM) at points found by watching its results files, resumed with
+killed, sent SIGTERM or SIGHUP at points found by watching its results files, resumed with
 the command it printed, and compared with one uninterrupted run."""
 
+import contextlib
 import itertools
 import os
 import shlex
 import signal
-import time
+import socket
 
 import pandas as pd
 import pytest
@@ -45,10 +46,39 @@ def _finished_trials(results):
     return int((trials["state"] == "TERMINATED").sum()) if "state" in trials else 0
 
 
-def _kill_group(process):
+def _kill_group(process, results):
+    """Power loss: SIGKILL every process of the command's session and of its study's child
+    (the driver, in a session of its own with Ray's processes): nothing gets to clean up."""
+    child = read_study(results).meta.get("driver_pid")
+    for pid in [*session_processes(child), *session_processes(process.pid)] if child else []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
     wait_for(lambda: not session_processes(process.pid), timeout=60)
+    if child is not None:
+        wait_for(lambda: not session_processes(child), timeout=60)
+
+
+def _signal_group(driver, results, signum, after_epochs=None):
+    """Send `signum` to the driver's whole process group once it runs trials (more epochs than
+    `after_epochs`, or every epoch written); it must end the study interrupted with exit 130,
+    print the resume command and leave no process behind. Returns its stderr."""
+    wait_for(lambda: read_study(results).meta.get("pid") == driver.pid)
+    child = read_study(results).meta["driver_pid"]  # runs the study in a session of its own
+    if after_epochs is not None:
+        wait_for(lambda: len(epochs_so_far(results)) > min(after_epochs, 3 * 4 - 1), timeout=300)
+    os.killpg(driver.pid, signum)
+    # Bounded well below Ray's 60 s wait for a dead GCS, which is what must not happen.
+    stdout, stderr = driver.communicate(timeout=45)
+    if driver.returncode == 0:  # it finished before the signal landed: nothing left to check
+        return f"continue it with: cifartune resume {results}"
+    assert driver.returncode == 130 and "Traceback" not in stderr, stderr
+    assert (stdout + stderr).count("continue it with: ") == 1, stdout + stderr  # said once
+    assert f"continue it with: cifartune resume {results}" in stderr, stderr
+    assert read_study(results).meta["state"] == "interrupted"
+    wait_for(lambda: not session_processes(driver.pid) and not session_processes(child), 60)
+    return stderr
 
 
 def _resume_command(stderr):
@@ -74,7 +104,7 @@ def test_killed_at_any_moment_resumes_to_the_uninterrupted_result(tmp_path, unin
     # 1. Mid-trial, right after the first epoch row appears.
     driver = start_study(spec, tmp_path)
     wait_for(lambda: len(epochs_so_far(results)) >= 1)
-    _kill_group(driver)
+    _kill_group(driver, results)
     kept.append(epochs_so_far(results))
     status = run_cli(["status", str(results)])
     assert "interrupted: its driver pid" in status.stdout, status.stdout
@@ -82,35 +112,29 @@ def test_killed_at_any_moment_resumes_to_the_uninterrupted_result(tmp_path, unin
     again = run_cli(["run", str(spec), "--storage", str(tmp_path / "r")], cwd=tmp_path)
     assert again.returncode == 2 and f"cifartune resume {results}" in again.stderr
 
-    # 2. After some trials finished (the kill lands wherever Ray's snapshot happens to be).
-    # Meanwhile a second driver for the same study is refused.
+    # 2. SIGTERM to the whole process group (what `timeout`, Slurm's scancel and systemd send)
+    # after some trials finished: Ray's own processes die with the driver. Meanwhile a second
+    # driver for the same study is refused.
     driver = start_cli(["resume", str(results)], tmp_path)
     wait_for(lambda: read_study(results).meta.get("pid") == driver.pid)
     second = run_cli(["resume", str(results)], cwd=tmp_path)
     assert second.returncode == 2 and "in use by another cifartune run" in second.stderr
+    assert f"driver pid {driver.pid} on {socket.gethostname()}" in second.stderr
     wait_for(lambda: _finished_trials(results) >= 1)
-    _kill_group(driver)
     kept.append(epochs_so_far(results))
+    stderr = _signal_group(driver, results, signal.SIGTERM)
 
-    # 3. Once every epoch is written: during the last trials' completion or the test scoring.
+    # 3. SIGHUP to the group (a closed ssh session) while trials run: the same clean stop.
+    driver = start_cli(["resume", str(_resume_command(stderr)[2])], tmp_path)
+    stderr = _signal_group(driver, results, signal.SIGHUP, after_epochs=len(epochs_so_far(results)))
+
+    # 4. Killed outright once every epoch is written: during the last trials' completion or the
+    # test scoring.
     driver = start_cli(["resume", str(results)], tmp_path)
     wait_for(lambda: len(epochs_so_far(results)) >= 3 * 4, timeout=300)
-    _kill_group(driver)
+    _kill_group(driver, results)
     kept.append(epochs_so_far(results))
-
-    # 4. SIGTERM (what Slurm, Kubernetes and `timeout` send) during the resume itself ends it
-    # interrupted, printing how to continue, and leaves no process it started behind.
-    driver = start_cli(["resume", str(results)], tmp_path)
-    wait_for(lambda: read_study(results).meta.get("pid") == driver.pid)
-    time.sleep(1)
-    driver.send_signal(signal.SIGTERM)
-    _, stderr = driver.communicate(timeout=120)
-    if driver.returncode == 0:  # it finished before the signal landed: nothing left to check
-        stderr = f"continue it with: cifartune resume {results}"
-    else:
-        assert driver.returncode == 130 and "Traceback" not in stderr, stderr
-        assert read_study(results).meta["state"] == "interrupted"
-    wait_for(lambda: not session_processes(driver.pid), timeout=60)
+    stderr = f"continue it with: cifartune resume {results}"
 
     final = run_cli(_resume_command(stderr)[1:], cwd=tmp_path)
     assert final.returncode == 0, final.stderr
@@ -180,11 +204,11 @@ def test_random_search_repeats_share_a_configuration_and_max_concurrent_holds(tm
     epochs = study.epochs
     spans = epochs.groupby("trial_id").apply(
         lambda e: (
-            e["time/ended_at"].iloc[0] - e["time/epoch_s"].iloc[0],
+            e["time/ended_at"].iloc[0] - pd.Timedelta(seconds=e["time/epoch_s"].iloc[0]),
             e["time/ended_at"].iloc[-1],
         ),
         include_groups=False,
     )
     ordered = sorted(spans.tolist())
     for (_, end), (start, _) in itertools.pairwise(ordered):
-        assert start >= end - 0.05
+        assert start >= end - pd.Timedelta(seconds=0.05)

@@ -100,7 +100,7 @@ def test_best_configurations_by_mean_over_repeats_scored_from_their_best_checkpo
     for n, ((variant, seed), value) in enumerate(best.items()):
         sample = {"variant": variant, "seed": seed}
         config = trial_config(spec, sample)
-        keys = trial_keys(f"t{n}", flatten(config), sample)
+        keys = trial_keys(f"t{n}", flatten(config), sample, study="s")
         group_of[variant] = keys["group"]
         model = build_model(config.model, image_size=32)
         state = {"epoch": n + 1, "metric": value, "model": model.state_dict(), "sample": sample}

@@ -142,7 +142,7 @@ def test_overrides_reach_space_variants_and_base():
         ),
         ({"space": {"seed": [1, 2]}}, "space.seed: reserved"),
         ({"space": {"data.dir": ["/a"]}}, "loaded once per study"),
-        ({"resources": {"gpus": 1.5}}, "fraction in \\(0, 1\\] to share a GPU, or a whole number"),
+        ({"resources": {"gpus": 1.5}}, "resources.gpus = 1.5: .*trains on one device"),
         ({"resources": {"gpus": -0.5}}, "resources.gpus = -0.5"),
         ({"resources": {"cpus": 0}}, "resources.cpus = 0"),
         ({"search": {"algorithm": "hyperopt"}}, "search.algorithm = 'hyperopt'"),

@@ -2,6 +2,7 @@
 
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 
@@ -74,7 +75,7 @@ def test_dry_run_counts_and_starts_nothing(tmp_path):
     )
     result = run_cli(["run", str(spec), "--dry-run", "--storage", str(tmp_path / "r")])
     assert result.returncode == 0, result.stderr
-    assert "24 grid point(s) x 1 sample(s) = 24 trials" in result.stdout
+    assert "12 configuration(s) x 2 repeat(s) (seeds) x 1 sample(s) = 24 trials" in result.stdout
     assert "worst case 48 trial-epochs" in result.stdout
     assert not (tmp_path / "r").exists()
 
@@ -114,3 +115,42 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path):
     assert (
         study.trials.iloc[0]["retries"] == 1 and study.trials.iloc[0]["stop_reason"] == "completed"
     )
+
+
+def skewed_mirror(directory):
+    """A mirror whose class 9 has only 25 training images: a validation split of 100 leaves 15,
+    so a stratified subset of 30 per class fails inside the trial (validate only sees totals)."""
+    import numpy as np
+
+    from .helpers import synthetic_arrays, write_mirror
+
+    arrays = synthetic_arrays(n_train=800, n_test=100)
+    labels = np.arange(800) % 9
+    labels[:25] = 9
+    return write_mirror(directory, replace(arrays, train_labels=labels))
+
+
+@pytest.mark.slow
+def test_a_study_whose_every_trial_failed_fails_without_retrying_them(tmp_path):
+    data = {"dir": str(skewed_mirror(tmp_path / "mirror")), "val_size": 100, "train_subset": 300}
+    spec = write_spec(
+        tmp_path, base={**TINY_BASE, "data": data}, space={"optim.lr": [0.1, 0.01]}, retries=2
+    )
+    assert run_cli(["validate", str(spec)]).returncode == 0  # only the trials can see it
+    result = run_cli(["run", str(spec), "--storage", str(tmp_path / "r")], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "study failed: every trial failed" in result.stderr
+    assert "2 of 2 trials: DataError: " in result.stderr and "class 9" in result.stderr
+    study = read_study(tmp_path / "r" / "tiny")
+    assert study.meta["state"] == "failed" and "DataError" in study.meta["error"]
+    assert set(study.trials["stop_reason"]) == {"error"}
+    assert (study.trials["retries"] == 0).all()  # no retry can fix a data error: none was made
+    status = run_cli(["status", str(tmp_path / "r" / "tiny")])
+    assert "[failed]" in status.stdout and "most common error: 2 of 2 trials" in status.stdout
+    again = run_cli(["resume", str(tmp_path / "r" / "tiny")], cwd=tmp_path)
+    assert again.returncode == 1 and "already failed" in again.stdout
+    # --restart-errored reruns errors a retry might fix; these would fail the same way.
+    rerun = run_cli(["resume", str(tmp_path / "r" / "tiny"), "--restart-errored"], cwd=tmp_path)
+    assert rerun.returncode == 1, rerun.stderr
+    trials = read_study(tmp_path / "r" / "tiny").trials
+    assert set(trials["stop_reason"]) == {"error"} and (trials["epochs_run"] == 0).all()

@@ -11,11 +11,11 @@ import pandas as pd
 
 from ..results import StudyData, read_study
 from ..spec import StudySpec, asha_rungs
-from . import figures_cost, figures_curves, figures_search
+from . import figures_cost, figures_curves, figures_optuna, figures_search
 from .document import Report, Section, Table, render_html, render_markdown
 from .findings import seed_section
-from .plotting import BAND_NOTE
-from .stats import INTERVAL_NOTE, OVERFIT_RULE, budget_values, common_budget, overfitting_table
+from .plotting import Plot
+from .stats import INTERVAL_NOTE, OVERFIT_RULE, overfitting_table
 from .tables import (
     all_trials,
     asha_rung_table,
@@ -46,35 +46,52 @@ def study_rungs(study: StudyData) -> list[int]:
     return asha_rungs(spec)
 
 
+def state_paragraph(study: StudyData) -> str:
+    """What a study that is not completed covers, by its state in study.json."""
+    state, epochs = study.meta.get("state", "unknown"), len(study.epochs)
+    if state == "completed":
+        return ""
+    if state == "failed":
+        error = study.meta.get("error") or "no error recorded"
+        return (
+            f"This study failed: every trial failed ({error}). The report covers the {epochs} "
+            "epochs its trials wrote before failing."
+        )
+    if state == "running":
+        return (
+            f"This study is running: the report covers the {epochs} epochs written so far; "
+            "rerun the report when it finishes."
+        )
+    if state == "interrupted":
+        return (
+            f"This study was interrupted: the report covers the {epochs} epochs written before "
+            f"it stopped; `cifartune resume {study.directory}` continues it."
+        )
+    return f"This study's state is {state!r}: the report covers the {epochs} epochs written."
+
+
 def _head(study: StudyData) -> Section:
     head = Section(f"Study {study.name}")
-    state = study.meta.get("state")
-    if state != "completed":
-        head.paragraphs.append(
-            f"This study is {state}: the report covers the {len(study.epochs)} epochs written so "
-            "far; rerun the report when it finishes."
-        )
+    state = state_paragraph(study)
+    if state:
+        head.paragraphs.append(state)
     if study.spec.get("description"):
         head.paragraphs.append(str(study.spec["description"]))
     head.tables.append(Table("Overview", overview(study)))
     best = best_configurations(study)
     if best.empty:
-        head.paragraphs.append("No trial has a validation result yet.")
-        return head
-    head.tables.append(
-        Table("Best configurations (seed repeats grouped)", best, note=INTERVAL_NOTE)
-    )
-    variants = variant_summary(study)
-    if not variants.empty:
-        head.tables.append(Table("Variants", variants, note=INTERVAL_NOTE))
-    head.tables.append(
-        Table(
-            "All trials",
-            all_trials(study),
-            note="Click a column header to sort (the table reads the same without scripts).",
-            sortable=True,
+        finished = study.meta.get("state") in ("completed", "failed")
+        head.paragraphs.append(f"No trial has a validation result{'' if finished else ' yet'}.")
+    else:
+        head.tables.append(
+            Table("Best configurations (seed repeats grouped)", best, note=INTERVAL_NOTE)
         )
-    )
+        variants = variant_summary(study)
+        if not variants.empty:
+            head.tables.append(Table("Variants", variants, note=INTERVAL_NOTE))
+    trials = all_trials(study)
+    if not trials.empty:
+        head.tables.append(Table("All trials", trials, sortable=True))
     return head
 
 
@@ -83,89 +100,29 @@ def study_sections(report: Report, study: StudyData, prefix: str) -> None:
     if study.epochs.empty:
         return
     rungs = study_rungs(study)
-    _, budget_label = budget_values(study)
-    budget = common_budget(study)
-    budget_note = (
-        f" Trials ran different numbers of epochs, so every trial is compared at epoch {budget}, "
-        "which all of them reached."
-        if budget
-        else ""
-    )
 
-    def add(section: Section, stem: str, figure: object, caption: str) -> None:
-        report.add_figure(section, prefix + stem, figure, caption)  # type: ignore[arg-type]
+    def add(section: Section, stem: str, plot: Plot | None) -> None:
+        report.add_figure(section, prefix + stem, plot)
 
     curves = Section(f"Learning curves — {study.name}")
-    add(
-        curves,
-        "trial_curves",
-        figures_curves.fig_trial_curves(study, rungs),
-        f"Every trial's {study.metric} per epoch, coloured by how it ended"
-        + (
-            "; dotted lines are ASHA's rungs and the black bar the lowest value that went on "
-            "past the rung"
-            if rungs
-            else ""
-        ),
-    )
-    add(
-        curves,
-        "best_curves",
-        figures_curves.fig_best_curves(study),
-        f"The best configurations: train (solid), validation (dashed) and test (dotted, when "
-        f"scored every epoch); {BAND_NOTE}",
-    )
-    for metric, name in (("top1", "accuracy"), ("loss", "loss")):
-        add(
-            curves,
-            f"variant_{name}",
-            figures_curves.fig_variant_curves(study, metric),
-            f"Each variant's {name} per epoch against the first variant (grey); {BAND_NOTE}"
-            + ("; the y-axis is clipped to the bulk of the values" if metric == "loss" else ""),
-        )
+    add(curves, "trial_curves", figures_curves.fig_trial_curves(study, rungs))
+    add(curves, "best_curves", figures_curves.fig_best_curves(study))
+    add(curves, "variant_accuracy", figures_curves.fig_variant_curves(study, "top1"))
+    add(curves, "variant_loss", figures_curves.fig_variant_curves(study, "loss"))
     report.sections.append(curves)
 
     search = Section(f"Search — {study.name}")
     importances = (
-        figures_search.optuna_importances(study)
+        figures_optuna.optuna_importances(study)
         if (study.spec.get("search") or {}).get("algorithm") == "optuna"
         else pd.DataFrame()
     )
-    add(
-        search,
-        "optuna",
-        figures_search.fig_optuna(study, importances),
-        f"Optuna: {budget_label} per trial and the best so far; PED-ANOVA parameter importance "
-        "(whiskers: its range when any one trial is left out)." + budget_note,
-    )
-    add(
-        search,
-        "contour",
-        figures_search.fig_contour(
-            study, importances["importance"] if not importances.empty else pd.Series(dtype=float)
-        ),
-        f"{budget_label} over the two most important continuous parameters, interpolated "
-        "between the trials (dots)." + budget_note,
-    )
-    add(
-        search,
-        "lr_batch_heatmap",
-        figures_search.fig_lr_batch_heatmap(study),
-        f"Learning rate x batch size: {budget_label}, mean over seeds (seed Q16)",
-    )
-    add(
-        search,
-        "factors",
-        figures_search.fig_factors(study),
-        f"{budget_label} per searched factor: each trial (grey) and the mean with its 95% "
-        "t-interval (from 3 trials on)." + budget_note,
-    )
-    add(
-        search,
-        "parallel",
-        figures_search.fig_parallel(study),
-        f"Each trial across its searched values, coloured by {budget_label}." + budget_note,
-    )
+    add(search, "optuna", figures_optuna.fig_optuna(study, importances))
+    ranking = importances["importance"] if not importances.empty else pd.Series(dtype=float)
+    add(search, "contour", figures_search.fig_contour(study, ranking))
+    add(search, "lr_batch_heatmap", figures_search.fig_lr_batch_heatmap(study))
+    add(search, "factors", figures_search.fig_factors(study))
+    add(search, "parallel", figures_search.fig_parallel(study))
     report.sections.append(search)
 
     fit = Section(f"Overfitting — {study.name}")
@@ -176,7 +133,7 @@ def study_sections(report: Report, study: StudyData, prefix: str) -> None:
             f"{int(judged['overfitting'].sum())} of {len(judged)} judged trials overfit. "
             + OVERFIT_RULE
         )
-        add(fit, "overfitting", figures_cost.fig_overfitting(study), "The flag's numbers per trial")
+        add(fit, "overfitting", figures_cost.fig_overfitting(study))
         rows = overfitting_rows(study)
         fit.tables.append(
             Table(
@@ -191,14 +148,8 @@ def study_sections(report: Report, study: StudyData, prefix: str) -> None:
     report.sections.append(fit)
 
     cost = Section(f"Cost — {study.name}")
-    add(
-        cost,
-        "timing",
-        figures_cost.fig_timing(study),
-        "Seconds per epoch (training alone and with evaluation) and throughput against batch "
-        "size, mean over trials with 95% t-intervals; compute per trial",
-    )
-    add(cost, "asha", figures_cost.fig_asha(study, rungs), "ASHA: trials reaching each rung")
+    add(cost, "timing", figures_cost.fig_timing(study))
+    add(cost, "asha", figures_cost.fig_asha(study, rungs))
     if rungs:
         cost.tables.append(Table("ASHA rungs", asha_rung_table(study, rungs)))
     report.sections.append(cost)
@@ -217,12 +168,7 @@ def build_report(
     if len(studies) > 1:
         compare = Section("Studies side by side")
         compare.tables.append(Table("Studies", studies_side_by_side(studies), note=INTERVAL_NOTE))
-        report.add_figure(
-            compare,
-            "compare",
-            figures_curves.fig_compare(studies),
-            f"Validation top-1 of each study's best configuration; {BAND_NOTE}",
-        )
+        report.add_figure(compare, "compare", figures_curves.fig_compare(studies))
         report.sections.append(compare)
     seed = seed_section(studies)
     if seed is not None:

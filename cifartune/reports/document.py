@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
+
+from .plotting import Plot, data_axes
 
 
 class Html(str):
@@ -77,14 +78,21 @@ class Report:
     out: Path
     sections: list[Section] = field(default_factory=list)
     images: dict[str, bytes] = field(default_factory=dict)
+    # Per figure: what its caption says each panel shows, and how many panels it drew (the
+    # two agree, or a caption promises what the figure lacks; the tests check every figure).
+    panels: dict[str, list[str]] = field(default_factory=dict)
+    drawn_axes: dict[str, int] = field(default_factory=dict)
 
-    def add_figure(self, section: Section, stem: str, figure: Figure | None, caption: str) -> None:
-        """Save `figure` as PNG and SVG and show it in `section`; a study with nothing to draw
-        for this view (None) gets no figure and no placeholder."""
+    def add_figure(self, section: Section, stem: str, plot: Plot | None) -> None:
+        """Save the plot's figure as PNG and SVG and show it with its caption in `section`; a
+        study with nothing to draw for this view (None) gets no figure and no placeholder."""
         import matplotlib.pyplot as plt
 
-        if figure is None:
+        if plot is None:
             return
+        figure, caption = plot.figure, plot.caption
+        self.panels[stem] = list(plot.panels)
+        self.drawn_axes[stem] = len(data_axes(figure))
         target = self.out / "figures"
         target.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -139,7 +147,11 @@ def table_html(table: Table) -> str:
         "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>"
         for row in table.frame.itertuples(index=False)
     )
-    note = f"<p class='note'>{esc(table.note)}</p>" if table.note else ""
+    # Sorting is the HTML page's: the Markdown summary does not say it.
+    notes = [table.note] if table.note else []
+    if table.sortable:
+        notes.append("Click a column header to sort (the table reads the same without scripts).")
+    note = "".join(f"<p class='note'>{esc(n)}</p>" for n in notes)
     return (
         f"<h3>{esc(table.caption)}</h3><div class='table-wrap'><table{css}><thead><tr>{head}"
         f"</tr></thead><tbody>{body}</tbody></table></div>{note}"

@@ -1,19 +1,20 @@
 """Figures of what trials cost and how they ended: time per epoch, ASHA's savings, overfitting.
-Panels whose axis would hold one constant value are left out."""
+Panels whose axis would hold one constant value are left out, and so is their part of the
+caption."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from matplotlib.figure import Figure
 
 from ..results import CONFIG_PREFIX, StudyData
-from .plotting import panel_grid, t_errorbar, varies
+from .naming import compute_seconds
+from .plotting import Plot, join, panel_grid, t_errorbar, varies
 from .stats import RISE, overfitting_table
 
 
-def fig_timing(study: StudyData) -> Figure | None:
+def fig_timing(study: StudyData) -> Plot | None:
     """Seconds per epoch and images/s against batch size (when it varies), compute per trial."""
     epochs, trials = study.epochs, study.trials
     if epochs.empty:
@@ -25,6 +26,7 @@ def fig_timing(study: StudyData) -> Figure | None:
     if not count:
         return None
     fig, axes = panel_grid(count, 3, 5, 4)
+    panels = []
     if per_batch:
         # The mean per trial, so that each seed counts once in the interval.
         data = epochs.groupby("trial_id")[[bs, "time/epoch_s", "time/train_s", "time/images_per_s"]]
@@ -45,23 +47,33 @@ def fig_timing(study: StudyData) -> Figure | None:
             data=data, x="batch_size", y="time/images_per_s", ax=axes[1], errorbar=t_errorbar
         )
         axes[1].set(xlabel="batch size", ylabel="training images / s")
+        panels += [
+            "seconds per epoch (with evaluation, and training alone) against batch size",
+            "training images per second against batch size",
+        ]
     if per_trial:
         ax = axes[-1]
-        column = "gpu_s" if trials["gpu_s"].sum() > 0 else "cpu_s"
-        unit = column[:3].upper()
-        spent = trials.sort_values(column, ascending=False)
-        ax.bar(range(len(spent)), spent[column] / 60, color="C2")
+        seconds, what = compute_seconds(trials)
+        unit, how = what.split()
+        spent = seconds.sort_values(ascending=False)
+        ax.bar(range(len(spent)), spent / 60, color="C2")
         ax.set(
             xlabel=f"{len(spent)} trials, most expensive first",
-            ylabel=f"{unit}-minutes",
-            title=f"total {spent[column].sum() / 3600:.2f} {unit}-hours",
+            ylabel=f"{unit}-minutes {how}",
+            title=f"total {spent.sum() / 3600:.2f} {unit}-hours {how}",
         )
         ax.set_xticks([])
+        panels.append(f"{unit}-minutes {how} per trial, most expensive first")
     fig.tight_layout()
-    return fig
+    parts = list(panels)
+    if per_batch:
+        parts.insert(2, "means over trials with their 95% t-intervals (from 3 trials on)")
+    else:
+        parts.append("one batch size only: no time against batch size")
+    return Plot(fig, join(parts), panels)
 
 
-def fig_asha(study: StudyData, rungs: list[int]) -> Figure | None:
+def fig_asha(study: StudyData, rungs: list[int]) -> Plot | None:
     """Trials reaching each ASHA rung, and the trial-epochs spent against running all."""
     if not rungs or study.trials.empty:
         return None
@@ -78,10 +90,14 @@ def fig_asha(study: StudyData, rungs: list[int]) -> Figure | None:
         xlabel="trial-epochs", title=f"ASHA spent {spent / max(full, 1):.0%} of the full budget"
     )
     fig.tight_layout()
-    return fig
+    panels = [
+        "ASHA: trials reaching each rung (the last bar: the end of training)",
+        "the trial-epochs ASHA spent against running every trial to the end",
+    ]
+    return Plot(fig, join(panels), panels)
 
 
-def fig_overfitting(study: StudyData) -> Figure | None:
+def fig_overfitting(study: StudyData) -> Plot | None:
     """The overfitting flag's numbers per trial: where the validation loss bottomed out, how far
     the last epochs stayed above it, and how much training accuracy still rose."""
     table = overfitting_table(study)
@@ -110,4 +126,13 @@ def fig_overfitting(study: StudyData) -> Figure | None:
         ax.set(xlabel=text, ylabel="lowest late val loss / minimum - 1")
         ax.legend(fontsize=8, title=None)
     fig.tight_layout()
-    return fig
+    flagged = int(table["overfitting"].sum())
+    caption = join(
+        [
+            f"The overfitting flag's numbers for the {len(table)} judged trials: how far the "
+            "last epochs' lowest validation loss stays above the run's minimum (dashed: the "
+            f"{RISE:.0%} threshold), against " + " and against ".join(text for _, text in panels),
+            f"red: flagged as overfitting ({flagged}), blue: not" if flagged else "none flagged",
+        ]
+    )
+    return Plot(fig, caption, [f"rise over the minimum against {text}" for _, text in panels])

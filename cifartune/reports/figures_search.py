@@ -1,25 +1,20 @@
 """Figures of the search: values against searched factors, learning rate x batch size, parallel
-coordinates, a contour of two parameters, Optuna's history and parameter importance. All use
-one budget per trial (see :func:`~cifartune.reports.stats.budget_values`)."""
+coordinates, a contour of two parameters. All use one budget per trial (see
+:func:`~cifartune.reports.stats.budget_values`); each caption says what its figure drew."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from ..results import CONFIG_PREFIX, StudyData
-from .naming import LOG_KEYS, STOP_NAMES, fmt, short
-from .plotting import STOP_COLOR, panel_grid, t_errorbar
-from .stats import budget_values
+from .naming import LOG_KEYS, fmt, metric_digits, short
+from .plotting import STOP_COLOR, Plot, join, panel_grid, stop_colors_text, t_errorbar
+from .stats import budget_note, budget_values
 
-if TYPE_CHECKING:
-    from optuna.distributions import BaseDistribution
+LR, BS = CONFIG_PREFIX + "optim.lr", CONFIG_PREFIX + "batch_size"
 
 
 def _numeric(series: pd.Series) -> bool:
@@ -33,61 +28,77 @@ def _natural(text: str) -> tuple[int, float | str]:
         return (1, text)
 
 
-def _scored(study: StudyData) -> tuple[pd.DataFrame, str]:
+def _logged(key: str) -> bool:
+    return short(key) in [short(k) for k in LOG_KEYS]
+
+
+def scored(study: StudyData) -> tuple[pd.DataFrame, str]:
     """Trials with their value on the common budget (column `value`), and its label."""
     values, label = budget_values(study)
     trials = study.trials.assign(value=study.trials["trial_id"].map(values))
     return trials.dropna(subset=["value"]), label
 
 
-def fig_lr_batch_heatmap(study: StudyData) -> Figure | None:
-    """Best validation metric over learning rate x batch size (seed Q16); diverged cells marked."""
-    lr, bs = CONFIG_PREFIX + "optim.lr", CONFIG_PREFIX + "batch_size"
-    trials, label = _scored(study)
-    if lr not in trials or bs not in trials:
+def fig_lr_batch_heatmap(study: StudyData) -> Plot | None:
+    """The budget value over learning rate x batch size (seed Q16); diverged cells marked."""
+    trials, label = scored(study)
+    if LR not in trials or BS not in trials:
         return None
-    if trials[lr].nunique() < 2 or trials[bs].nunique() < 2 or trials[lr].nunique() > 12:
+    if trials[LR].nunique() < 2 or trials[BS].nunique() < 2 or trials[LR].nunique() > 12:
         return None
-    table = trials.pivot_table(index=lr, columns=bs, values="value", aggfunc="mean")
+    table = trials.pivot_table(index=LR, columns=BS, values="value", aggfunc="mean")
     table = table.sort_index(ascending=False)
     diverged = (
         study.trials.assign(d=study.trials["stop_reason"].eq("diverged"))
-        .pivot_table(index=lr, columns=bs, values="d", aggfunc="sum")
+        .pivot_table(index=LR, columns=BS, values="d", aggfunc="sum")
         .reindex_like(table)
         .fillna(0)
     )
-    annot = table.map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    digits = metric_digits(study.metric)
+    annot = table.map(lambda v: "" if pd.isna(v) else f"{v:.{digits}f}")
     annot = annot.where(diverged == 0, annot + "\n" + diverged.astype(int).astype(str) + " div.")
     fig, ax = plt.subplots(figsize=(1.6 * table.shape[1] + 3, 0.9 * table.shape[0] + 2))
-    sns.heatmap(
-        table,
-        annot=annot,
-        fmt="",
-        cmap="viridis",
-        ax=ax,
-        cbar_kws={"label": f"{label} (mean over seeds)"},
-    )
+    sns.heatmap(table, annot=annot, fmt="", cmap="viridis", ax=ax, cbar_kws={"label": label})
     ax.set(xlabel="batch size", ylabel="learning rate")
     ax.set_yticklabels([f"{v:g}" for v in table.index], rotation=0)
     fig.tight_layout()
-    return fig
+    # A cell pools every trial with its learning rate and batch size: seeds, and the values of
+    # any other searched factor.
+    others = [short(k) for k in study.factor_keys() if k not in (LR, BS)]
+    others += ["variant"] if study.has_variants() else []
+    per_cell = int(trials.groupby([LR, BS])["value"].count().max())
+    if others:
+        pooled = f"mean over each cell's trials, which differ in {', '.join(others)}"
+    else:
+        pooled = "mean over each cell's seeds" if per_cell > 1 else "one trial per cell"
+    caption = join(
+        [
+            f"Learning rate x batch size: {label}, {pooled}",
+            "'N div.': trials of the cell that diverged" if diverged.to_numpy().sum() else "",
+            budget_note(study),
+        ]
+    )
+    return Plot(fig, caption, [f"{label} over learning rate x batch size"])
 
 
-def fig_factors(study: StudyData) -> Figure | None:
+def fig_factors(study: StudyData) -> Plot | None:
     """The budget value per searched factor: every trial, with the mean and its t-interval for
     categorical values; a scatter for continuous ones."""
-    trials, label = _scored(study)
+    trials, label = scored(study)
     keys = (["variant"] if study.has_variants() else []) + study.factor_keys()
     if not keys or len(trials) < 2:
         return None
     fig, axes = panel_grid(len(keys), 3, 5.2, 3.8)
+    levels, continuous = [], []
     for ax, key in zip(axes, keys, strict=True):
         values = trials[key]
         if _numeric(values) and values.nunique() > 8:
+            continuous.append(short(key))
             ax.scatter(values.astype(float), trials["value"], s=30, color="C0")
-            if short(key) in [short(k) for k in LOG_KEYS]:
+            if _logged(key):
                 ax.set_xscale("log")
         else:
+            levels.append(short(key))
             present = set(values.astype(str))
             order = (
                 [v for v in study.spec["variants"] if v in present]
@@ -116,14 +127,25 @@ def fig_factors(study: StudyData) -> Figure | None:
                     tick.set_horizontalalignment("right")
         ax.set(xlabel=short(key), ylabel=label)
     fig.tight_layout()
-    return fig
+    caption = join(
+        [
+            f"{label} per searched factor, one panel each",
+            f"{', '.join(levels)}: each trial (grey dots) and the mean (orange diamond) with its "
+            "95% t-interval (from 3 trials on)"
+            if levels
+            else "",
+            f"{', '.join(continuous)}: each trial against its value" if continuous else "",
+            budget_note(study),
+        ]
+    )
+    return Plot(fig, caption, [f"{label} against {short(k)}" for k in keys])
 
 
 def _unit_scale(values: pd.Series, key: str) -> tuple[np.ndarray, list[float], list[str]]:
     """Values mapped to 0..1 for a shared axis, with tick positions and labels."""
     if _numeric(values):
         numbers = values.astype(float).to_numpy()
-        if short(key) in [short(k) for k in LOG_KEYS] and (numbers > 0).all():
+        if _logged(key) and (numbers > 0).all():
             numbers = np.log10(numbers)
         low, high = numbers.min(), numbers.max()
         scaled = (numbers - low) / (high - low) if high > low else np.full(len(numbers), 0.5)
@@ -133,9 +155,9 @@ def _unit_scale(values: pd.Series, key: str) -> tuple[np.ndarray, list[float], l
     return values.astype(str).map(level_y).to_numpy(), list(level_y.values()), levels
 
 
-def fig_parallel(study: StudyData) -> Figure | None:
+def fig_parallel(study: StudyData) -> Plot | None:
     """Parallel coordinates: each trial a line across its searched values, coloured by result."""
-    trials, label = _scored(study)
+    trials, label = scored(study)
     keys = (["variant"] if study.has_variants() else []) + study.factor_keys()
     if len(keys) < 3 or len(trials) < 3:  # two factors: the heatmap or contour shows them
         return None
@@ -161,23 +183,36 @@ def fig_parallel(study: StudyData) -> Figure | None:
     ax.set_xlim(-0.1, len(keys) - 0.6)
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label)
     fig.tight_layout()
-    return fig
+    logs = [short(k) for k in keys if _logged(k) and _numeric(trials[k])]
+    caption = join(
+        [
+            f"Each of the {len(trials)} trials with a value as a line across its searched values "
+            f"({', '.join(short(k) for k in keys)}), coloured by {label}, the best drawn last",
+            "a numeric axis runs from its lowest to its highest value"
+            + (f" (log scale: {', '.join(logs)})" if logs else ""),
+            budget_note(study),
+        ]
+    )
+    return Plot(fig, caption, ["parallel coordinates of the searched values"])
 
 
-def fig_contour(study: StudyData, importances: pd.Series) -> Figure | None:
-    """The budget value over the two most important continuous searched parameters: a contour
-    interpolated between the trials (dots), as in Optuna's contour plot."""
-    trials, label = _scored(study)
+def fig_contour(study: StudyData, importances: pd.Series) -> Plot | None:
+    """The budget value over the two most important continuous searched parameters (the first
+    two without an importance ranking): a contour interpolated between the trials (dots), as in
+    Optuna's contour plot."""
+    trials, label = scored(study)
     numeric = [k for k in study.factor_keys() if _numeric(trials[k]) and trials[k].nunique() > 3]
     if len(numeric) < 2 or len(trials) < 6:
         return None
     ranked = sorted(numeric, key=lambda k: -importances.get(k.removeprefix(CONFIG_PREFIX), 0.0))
     x_key, y_key = ranked[:2]
-    logs = [short(k) for k in LOG_KEYS]
+
+    def logged(key: str) -> bool:
+        return _logged(key) and bool((trials[key].astype(float) > 0).all())
 
     def axis(key: str) -> np.ndarray:
         values = trials[key].astype(float).to_numpy()
-        return np.log10(values) if short(key) in logs and (values > 0).all() else values
+        return np.log10(values) if logged(key) else values
 
     x, y, z = axis(x_key), axis(y_key), trials["value"].to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -189,130 +224,20 @@ def fig_contour(study: StudyData, importances: pd.Series) -> Figure | None:
     colors = [STOP_COLOR.get(r, "C0") for r in trials["stop_reason"]]
     ax.scatter(x, y, c=colors, edgecolors="white", s=40)
     fig.colorbar(filled, ax=ax, label=label)
-    ax.set(
-        xlabel=("log10 " if short(x_key) in logs else "") + short(x_key),
-        ylabel=("log10 " if short(y_key) in logs else "") + short(y_key),
-    )
+    names = [("log10 " if logged(k) else "") + short(k) for k in (x_key, y_key)]
+    ax.set(xlabel=names[0], ylabel=names[1])
     fig.tight_layout()
-    return fig
-
-
-def _optuna_distribution(dim: object) -> BaseDistribution:
-    import optuna.distributions as d
-
-    if isinstance(dim, list):
-        return d.CategoricalDistribution(dim)
-    assert isinstance(dim, dict)
-    if dim["type"] == "float":
-        return d.FloatDistribution(dim["low"], dim["high"], log=dim.get("log", False))
-    if dim["type"] == "int":
-        return d.IntDistribution(dim["low"], dim["high"], log=dim.get("log", False))
-    return d.CategoricalDistribution(dim["choices"])
-
-
-def _native(value: object, distribution: object) -> object:
-    """Parquet values back to what the distribution holds (e.g. 'crop+flip' strings, bools)."""
-    import optuna.distributions as d
-
-    if isinstance(distribution, d.CategoricalDistribution):
-        for choice in distribution.choices:
-            if str(choice) == str(value) or (isinstance(choice, bool) and choice == value):
-                return choice
-    if isinstance(distribution, d.IntDistribution):
-        return int(value)  # type: ignore[call-overload]
-    if isinstance(distribution, d.FloatDistribution):
-        return float(value)  # type: ignore[arg-type]
-    return value
-
-
-def _importance(trials: pd.DataFrame, space: dict, mode: str) -> pd.Series:
-    import optuna
-
-    distributions = {k: _optuna_distribution(v) for k, v in space.items()}
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    study.add_trials(
+    which = (
+        "the two most important continuous parameters by PED-ANOVA"
+        if not importances.empty
+        else "the first two continuous searched parameters, as nothing ranks their importance"
+    )
+    caption = join(
         [
-            optuna.trial.create_trial(
-                params={k: _native(row[CONFIG_PREFIX + k], d) for k, d in distributions.items()},
-                distributions=distributions,
-                value=float(row["value"]),
-            )
-            for _, row in trials.iterrows()
+            f"{label} over {names[0]} and {names[1]}, interpolated between the trials",
+            which,
+            f"dots: the trials ({stop_colors_text(trials['stop_reason'])})",
+            budget_note(study),
         ]
     )
-    try:
-        return pd.Series(
-            optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
-            )
-        )
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        return pd.Series(dtype=float)
-
-
-def optuna_importances(study: StudyData) -> pd.DataFrame:
-    """PED-ANOVA importance of each searched parameter on the common budget, and its range when
-    each trial in turn is left out (how much the ranking rests on single trials)."""
-    import optuna
-
-    space = study.spec.get("space") or {}
-    trials, _ = _scored(study)
-    if len(trials) < 5 or not space:
-        return pd.DataFrame()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    full = _importance(trials, space, study.mode)
-    if full.empty:
-        return pd.DataFrame()
-    left_out = pd.DataFrame(
-        [_importance(trials.drop(index=i), space, study.mode) for i in trials.index]
-    ).reindex(columns=full.index)
-    return pd.DataFrame(
-        {"importance": full, "low": left_out.min(), "high": left_out.max()}
-    ).sort_values("importance")
-
-
-def fig_optuna(study: StudyData, importances: pd.DataFrame) -> Figure | None:
-    """Optimization history on the common budget (each trial and the best so far) and parameter
-    importance with its leave-one-trial-out range."""
-    if (study.spec.get("search") or {}).get("algorithm") != "optuna":
-        return None
-    trials, label = _scored(study)
-    if len(trials) < 2:
-        return None
-    trials = trials.reset_index(drop=True)
-    panels = 2 if not importances.empty else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
-    order = np.arange(1, len(trials) + 1)
-    values = trials["value"]
-    running = values.cummax() if study.mode == "max" else values.cummin()
-    history = axes[0][0]
-    for reason, members in trials.groupby("stop_reason"):
-        history.scatter(
-            order[members.index],
-            members["value"],
-            color=STOP_COLOR.get(str(reason), "C0"),
-            s=30,
-            label=f"{STOP_NAMES.get(str(reason), reason)} ({len(members)})",
-        )
-    history.step(order, running, where="post", color="C1", label="best so far")
-    history.xaxis.set_major_locator(MaxNLocator(integer=True))
-    history.set(xlabel="trial (in order of creation)", ylabel=label, title="optimization history")
-    history.legend(fontsize=8, loc="lower right")
-    if panels == 2:
-        ax = axes[0][1]
-        names = [short(k) for k in importances.index]
-        ax.barh(names, importances["importance"], color="C0")
-        ax.errorbar(
-            importances["importance"],
-            names,
-            xerr=[
-                (importances["importance"] - importances["low"]).clip(lower=0),
-                (importances["high"] - importances["importance"]).clip(lower=0),
-            ],
-            fmt="none",
-            ecolor="k",
-            capsize=3,
-        )
-        ax.set(xlabel="importance (PED-ANOVA)", title="parameter importance")
-    fig.tight_layout()
-    return fig
+    return Plot(fig, caption, [f"{label} over {names[0]} and {names[1]}"])

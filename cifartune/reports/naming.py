@@ -30,6 +30,12 @@ STOP_NAMES = {
 }
 
 
+def metric_digits(metric: str, accuracy: int = 1) -> int:
+    """Decimals that tell a metric's values apart: losses move in the third decimal (2.303 at
+    chance, ~0.6 trained), accuracies in percent need `accuracy` decimals."""
+    return 3 if metric.endswith("loss") else accuracy
+
+
 def short(key: str) -> str:
     key = key.removeprefix(CONFIG_PREFIX)
     return KEY_NAMES.get(key, key)
@@ -70,3 +76,22 @@ def fidelity(study: StudyData) -> str:
     epochs = int(planned.max()) if len(planned) else base.get("epochs", "?")
     seeds = int(study.spec.get("repeats", 1) or 1)
     return f"{images_text}, {epochs} epochs, {seeds} seed{'s' if seeds > 1 else ''}"
+
+
+def compute_seconds(trials: pd.DataFrame) -> tuple[pd.Series, str]:
+    """Per trial, the compute to show and what it is: GPU seconds reserved when trials held a
+    GPU, else CPU seconds measured (process CPU time) where every trial measured them, else CPU
+    seconds reserved (its CPUs times its epochs' wall time). Results of older versions name the
+    reserved seconds cpu_s and gpu_s."""
+    if "reserved_cpu_s" not in trials:  # older trial tables: cpu_s, gpu_s were reserved
+        gpu = pd.to_numeric(trials.get("gpu_s", pd.Series(dtype=float)), errors="coerce")
+        if gpu.sum() > 0:
+            return gpu, "GPU reserved"
+        return pd.to_numeric(trials["cpu_s"], errors="coerce"), "CPU reserved"
+    gpu = pd.to_numeric(trials["reserved_gpu_s"], errors="coerce")
+    if gpu.sum() > 0:
+        return gpu, "GPU reserved"
+    used = pd.to_numeric(trials.get("cpu_s", pd.Series(dtype=float)), errors="coerce")
+    if len(used) and used.notna().all():
+        return used, "CPU used"
+    return pd.to_numeric(trials["reserved_cpu_s"], errors="coerce"), "CPU reserved"

@@ -1,10 +1,12 @@
-"""Drawing helpers shared by the figures: the theme, seed curves with their t-interval band,
-t-interval error bars for seaborn, and axis limits that outliers do not stretch."""
+"""Drawing helpers shared by the figures: the theme, the drawn figure with the caption of what it
+shows (:class:`Plot`), seed curves with their t-interval band, t-interval error bars for seaborn,
+and axis limits that outliers do not stretch."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -14,17 +16,73 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .naming import STOP_NAMES
 from .stats import MIN_FOR_INTERVAL, SHOW_SEEDS, estimate
 
 sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
 SPLIT_STYLE = {"train": "-", "val": "--", "test": ":"}
 STOP_COLOR = {"completed": "C0", "early-stopped": "0.55", "diverged": "crimson", "error": "k"}
-BAND_NOTE = (
-    "lines are means over seeds; the band is the 95% Student t-interval (from 3 seeds on); "
-    "thin lines are the individual seeds (up to 3)"
-)
+# The same colours as a reader names them, for captions.
+STOP_COLOR_NAMES = {"C0": "blue", "0.55": "grey", "crimson": "red", "k": "black"}
+
+
+@dataclass
+class Plot:
+    """A drawn figure and its caption, which is built from the panels actually drawn (a view
+    whose data lacks a panel leaves that panel out of the figure and of the caption)."""
+
+    figure: Figure
+    caption: str
+    panels: list[str] = field(default_factory=list)  # what each drawn panel shows, in order
+
+
+def data_axes(figure: Figure) -> list[Axes]:
+    """The figure's visible panels, less colour bars: what `Plot.panels` describes."""
+    return [a for a in figure.axes if a.get_visible() and a.get_label() != "<colorbar>"]
+
+
+def join(parts: Iterable[str]) -> str:
+    """Caption clauses: '; '-separated, empty ones dropped, one full stop at the end."""
+    text = "; ".join(p.strip().rstrip(".") for p in parts if p and p.strip())
+    if not text:
+        return ""
+    # A sentence starts with a capital, unless it starts with a metric's name (val/top1).
+    first = text.split(" ", 1)[0]
+    return (text if "/" in first else text[:1].upper() + text[1:]) + "."
+
+
+def band_note(seeds: Iterable[int]) -> str:
+    """What the seed lines of :func:`draw_runs` show, for configurations of these seed counts."""
+    counts = {int(n) for n in seeds if n}
+    if not counts or counts == {1}:
+        return "one seed per configuration (no interval)"
+    parts = ["lines are means over seeds"]
+    if max(counts) >= MIN_FOR_INTERVAL:
+        parts.append(f"the band is the 95% Student t-interval (from {MIN_FOR_INTERVAL} seeds on)")
+    if any(1 < n <= SHOW_SEEDS for n in counts):
+        parts.append(f"thin lines are the individual seeds (up to {SHOW_SEEDS})")
+    return "; ".join(parts)
+
+
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+STYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dotted"}
+
+
+def splits_text(splits: Iterable[str]) -> str:
+    """'train solid, validation dashed' for the splits drawn (in SPLIT_STYLE's order)."""
+    drawn = set(splits)
+    return ", ".join(
+        f"{SPLIT_NAMES[s]} {STYLE_NAMES[style]}" for s, style in SPLIT_STYLE.items() if s in drawn
+    )
+
+
+def stop_colors_text(reasons: Iterable[str]) -> str:
+    """'blue: completed, grey: stopped by ASHA' for the stop reasons present."""
+    present = [r for r in STOP_COLOR if r in set(reasons)]
+    return ", ".join(f"{STOP_COLOR_NAMES[STOP_COLOR[r]]}: {STOP_NAMES.get(r, r)}" for r in present)
 
 
 def t_errorbar(values: Iterable[float]) -> tuple[float, float]:

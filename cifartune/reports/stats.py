@@ -201,6 +201,17 @@ def common_budget(study: StudyData) -> int | None:
     return int(runs.min())
 
 
+def budget_note(study: StudyData) -> str:
+    """The caption clause for views on :func:`budget_values` when budgets differ."""
+    budget = common_budget(study)
+    if budget is None:
+        return ""
+    return (
+        "trials ran different numbers of epochs, so every trial is compared at epoch "
+        f"{budget}, which all of them reached"
+    )
+
+
 def budget_values(study: StudyData) -> tuple[pd.Series, str]:
     """Each trial's value of the study metric on one common budget, by trial id, and its label:
     at the epoch every trial reached when budgets differ, else the best over the whole run."""

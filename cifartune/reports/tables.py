@@ -7,13 +7,26 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ..results import StudyData
-from .naming import STOP_NAMES, config_label, fidelity, fmt, short, trial_labels
+from .naming import (
+    STOP_NAMES,
+    compute_seconds,
+    config_label,
+    fidelity,
+    fmt,
+    metric_digits,
+    short,
+    trial_labels,
+)
 from .stats import fmt_estimate, overfitting_table
 
 
 def _compute(trials: pd.DataFrame) -> str:
-    cpu, gpu = trials["cpu_s"].sum() / 3600, trials["gpu_s"].sum() / 3600
-    return f"{cpu:.2f} CPU-hours" + (f", {gpu:.2f} GPU-hours" if gpu else "")
+    seconds, what = compute_seconds(trials)
+    kind, how = what.split()
+    text = f"{seconds.sum() / 3600:.2f} {kind}-hours {how}"
+    if how == "used" and "reserved_cpu_s" in trials:
+        text += f" ({trials['reserved_cpu_s'].sum() / 3600:.2f} reserved)"
+    return text
 
 
 def _counts(trials: pd.DataFrame) -> str:
@@ -38,6 +51,12 @@ def _search_text(spec: dict) -> str:
     return text
 
 
+def state_text(meta: dict) -> str:
+    """The study's state from study.json; a failed study's with its most common error."""
+    state = str(meta.get("state", "unknown"))
+    return f"{state}: {meta['error']}" if state == "failed" and meta.get("error") else state
+
+
 def overview(study: StudyData) -> pd.DataFrame:
     meta, trials, spec = study.meta, study.trials, study.spec
     hardware = meta.get("hardware") or {}
@@ -45,7 +64,7 @@ def overview(study: StudyData) -> pd.DataFrame:
     base = spec.get("base") or {}
     data = base.get("data") or {}
     rows = {
-        "state": meta.get("state", "unknown"),
+        "state": state_text(meta),
         "started / finished": f"{meta.get('started', '?')} / {meta.get('finished') or '–'}",
         "search": _search_text(spec),
         "selection metric": f"{study.metric} ({'higher' if study.mode == 'max' else 'lower'} "
@@ -62,7 +81,7 @@ def overview(study: StudyData) -> pd.DataFrame:
         "hardware": f"{hardware.get('host', '?')}: {hardware.get('cpus', '?')} CPUs; GPUs: "
         f"{', '.join(hardware.get('gpus') or []) or 'none'}",
     }
-    return pd.DataFrame({"": list(rows), "value": list(rows.values())})
+    return pd.DataFrame({"property": list(rows), "value": list(rows.values())})
 
 
 def _test_of(study: StudyData, ids: pd.Series) -> pd.DataFrame:
@@ -85,7 +104,9 @@ def best_configurations(study: StudyData, n: int = 5) -> pd.DataFrame:
         row.update(
             {
                 "seeds": len(members),
-                f"best {study.metric}": fmt_estimate(members["best_metric"], 2),
+                f"best {study.metric}": fmt_estimate(
+                    members["best_metric"], metric_digits(study.metric, 2)
+                ),
                 "_sort": members["best_metric"].astype(float).mean(),
                 "best epoch": ", ".join(str(int(e)) for e in members["best_epoch"].dropna()),
                 "test top-1": fmt_estimate(test["test/top1"], 2) if len(test) else "not scored",
@@ -113,7 +134,9 @@ def variant_summary(study: StudyData) -> pd.DataFrame:
             {
                 "variant": variant,
                 "seeds": len(members),
-                f"best {study.metric}": fmt_estimate(members["best_metric"]),
+                f"best {study.metric}": fmt_estimate(
+                    members["best_metric"], metric_digits(study.metric)
+                ),
                 "final train top-1": fmt_estimate(members["final_train_top1"]),
                 "min val loss": fmt_estimate(fit["min_val_loss"], 3),
                 "overfitting seeds": f"{int(fit['overfitting'].fillna(False).sum())} of "
@@ -144,13 +167,26 @@ def all_trials(study: StudyData) -> pd.DataFrame:
         frame["seed"] = trials["seed"]
     frame["epochs run"] = trials["epochs_run"]
     frame["stopped"] = trials["stop_reason"].map(lambda r: STOP_NAMES.get(r, r))
-    frame[f"best {study.metric}"] = trials["best_metric"].map(lambda v: _num(v, 2))
+    digits = metric_digits(study.metric, 2)
+    frame[f"best {study.metric}"] = trials["best_metric"].map(lambda v: _num(v, digits))
     frame["best epoch"] = trials["best_epoch"].map(lambda v: _num(v, 0))
     frame["final train top-1"] = trials["final_train_top1"].map(lambda v: _num(v, 1))
     if not test.empty and "test/top1" in test:
         frame["test top-1"] = trials["trial_id"].map(test["test/top1"]).map(lambda v: _num(v, 2))
-    frame["CPU-min"] = (trials["cpu_s"] / 60).map(lambda v: _num(v, 1))
+    seconds, what = compute_seconds(trials)
+    frame[f"{what.replace(' ', '-min ')}"] = (seconds / 60).map(lambda v: _num(v, 1))
+    if "error" in trials and trials["error"].notna().any():
+        frame["error"] = trials["error"].map(_first_line)
     return frame.sort_values(f"best {study.metric}", ascending=False, key=_numeric_key)
+
+
+def _first_line(error: object, width: int = 160) -> str:
+    """An error's first line (a traceback's last would do too, but the recorder keeps the
+    message first), cut to fit a table cell."""
+    if not isinstance(error, str) or not error:
+        return ""
+    line = error.strip().splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _num(value: object, digits: int) -> str:
@@ -200,12 +236,15 @@ def asha_rung_table(study: StudyData, rungs: list[int]) -> pd.DataFrame:
         {
             "rung (epoch)": [*rungs, top],
             "trials reaching it": reached,
-            "": [*["rung"] * len(rungs), "end of training"],
+            "what": [*["ASHA rung"] * len(rungs), "end of training"],
         }
     )
 
 
 def studies_side_by_side(studies: Sequence[StudyData]) -> pd.DataFrame:
+    # Studies selected by different metrics share one column of "their best value", with the
+    # metric beside it, rather than a column per metric that is blank for the others.
+    one_metric = len({s.metric for s in studies}) == 1
     rows = []
     for study in studies:
         trials = study.trials.dropna(subset=["best_metric"])
@@ -213,16 +252,23 @@ def studies_side_by_side(studies: Sequence[StudyData]) -> pd.DataFrame:
         group = (means.idxmax() if study.mode == "max" else means.idxmin()) if len(means) else None
         members = trials[trials["group"] == group]
         rank_one = study.test[study.test["rank"] == 1] if "rank" in study.test else pd.DataFrame()
-        rows.append(
+        best = fmt_estimate(members["best_metric"], metric_digits(study.metric))
+        row = {
+            "study": study.name,
+            "state": state_text(study.meta),
+            "fidelity": fidelity(study),
+            "trials": _counts(study.trials),
+            "best configuration": config_label(members.iloc[0], study) if len(members) else "–",
+        }
+        if one_metric:
+            row[f"its best {study.metric}"] = best
+        else:
+            row.update({"selection metric": study.metric, "its best value": best})
+        row.update(
             {
-                "study": study.name,
-                "state": study.meta.get("state", "unknown"),
-                "fidelity": fidelity(study),
-                "trials": _counts(study.trials),
-                "best configuration": config_label(members.iloc[0], study) if len(members) else "–",
-                f"its best {study.metric}": fmt_estimate(members["best_metric"]),
                 "its test top-1": fmt_estimate(rank_one["test/top1"]) if len(rank_one) else "–",
                 "compute": _compute(study.trials) if not study.trials.empty else "–",
             }
         )
+        rows.append(row)
     return pd.DataFrame(rows)

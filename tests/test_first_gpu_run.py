@@ -1,0 +1,125 @@
+"""What the first GPU run needs to go right, checked on the CPU: one device per trial, no CUDA
+context in the study's driver, the device copy of the data, and the compile options."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from cifartune import gpus, model
+from cifartune.config import ConfigError, DataConfig
+from cifartune.data import split_indices, to_device
+from cifartune.engine import build_run, fit, train_one_epoch
+from cifartune.spec import load_spec
+
+from .helpers import quick_config, round_trip, synthetic_arrays, without_timings
+
+
+@pytest.mark.parametrize("gpus_per_trial", [2, 1.5, 8])
+def test_a_trial_is_refused_more_than_one_gpu(tmp_path, gpus_per_trial):
+    # A trial trains on one device: a second GPU would be reserved by Ray and sit idle.
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nresources: {{gpus: {gpus_per_trial}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert f"resources.gpus = {gpus_per_trial}" in message
+    assert "trains on one device" in message and "use 1" in message and "0.25" in message
+    for fine in (1, 0.25):
+        assert load_spec(path, [f"resources.gpus={fine}"]).resources.gpus == fine
+
+
+def test_study_environment_creates_no_cuda_context(monkeypatch, tmp_path):
+    # The driver trains nothing: counting GPUs and naming them must not initialize CUDA.
+    from cifartune import study
+
+    def no_context(*_args, **_kwargs):
+        raise AssertionError("a CUDA context in the driver")
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200'\necho 'NVIDIA H200'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name in ("get_device_name", "get_device_properties", "init", "_lazy_init"):
+        monkeypatch.setattr(torch.cuda, name, no_context)
+    hardware = study.environment()["hardware"]
+    assert hardware["gpus"] == ["NVIDIA H200", "NVIDIA H200"]
+    assert not torch.cuda.is_initialized()
+    smi.write_text("#!/bin/sh\nexit 9\n")  # nvidia-smi broken: the count still holds
+    assert study.environment()["hardware"]["gpus"] == ["unknown", "unknown"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert gpus.visible_gpus() == []
+
+
+def test_device_data_is_contiguous_nchw_uint8_of_the_split():
+    arrays = synthetic_arrays(200, 30)
+    cfg = DataConfig(val_size=50, train_subset=100)
+    data = to_device(arrays, cfg, torch.device("cpu"))
+    split = split_indices(arrays.train_labels, cfg)
+    expected = {
+        "train": (arrays.train_images[split.train], arrays.train_labels[split.train]),
+        "val": (arrays.train_images[split.val], arrays.train_labels[split.val]),
+        "test": (arrays.test_images, arrays.test_labels),
+    }
+    for name, (images, labels) in expected.items():
+        x, y = getattr(data, f"{name}_x"), getattr(data, f"{name}_y")
+        assert x.dtype == torch.uint8 and x.is_contiguous() and x.shape == (len(images), 3, 32, 32)
+        assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2))
+        assert y.dtype == torch.int64 and torch.equal(y, torch.from_numpy(labels))
+    read_only = synthetic_arrays(40, 10)
+    read_only.train_images.flags.writeable = False  # what Ray's object store hands out
+    copy = to_device(read_only, DataConfig(val_size=10), torch.device("cpu"))
+    copy.train_x.zero_()  # its own memory: the shared array is untouched
+    assert np.any(read_only.train_images)
+
+
+def test_only_full_batches_take_the_compiled_forward():
+    # 100 images in batches of 64: one full batch (compiled forward), one partial (eager).
+    cfg = quick_config(data__val_size=10, precision="fp32")
+    run = build_run(cfg, to_device(synthetic_arrays(110, 10), cfg.data, torch.device("cpu")))
+    sizes = []
+
+    def forward(x):
+        sizes.append(len(x))
+        return run.model(x)
+
+    run.train_forward = forward
+    train_one_epoch(run)
+    assert sizes == [64]
+
+
+def test_compile_falls_back_to_eager_where_it_cannot_run(monkeypatch, caplog):
+    net = torch.nn.Linear(2, 2)
+    cpu = torch.device("cpu")
+    assert model.compiled_forward(net, "none", cpu) is net
+    monkeypatch.setattr(model.shutil, "which", lambda _name: None)
+    with caplog.at_level(logging.WARNING, logger="cifartune.model"):
+        assert model.compiled_forward(net, "model", cpu) is net
+    assert "no C++ compiler" in caplog.text and "runs eager" in caplog.text
+
+
+def test_cuda_graphs_on_a_cpu_are_compile_model_with_a_log_line(caplog):
+    with caplog.at_level(logging.INFO, logger="cifartune.model"):
+        forward = model.compiled_forward(torch.nn.Linear(2, 2), "cudagraphs", torch.device("cpu"))
+    assert "CUDA graphs apply on CUDA only" in caplog.text
+    assert forward is not None and not isinstance(forward, torch.nn.Linear)
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_like_eager_and_resumes_exactly():
+    # torch.compile on the CPU (inductor's C++ kernels): the same network, so the same losses
+    # up to the order of floating-point sums; and a resumed compiled run repeats itself.
+    common = {"epochs": 2, "data__train_subset": 256, "data__val_size": 50, "precision": "fp32"}
+    arrays = synthetic_arrays(400, 20)
+    eager = fit(quick_config(**common), arrays).history
+    states = {}
+    cfg = quick_config(compile="model", **common)
+    compiled = fit(cfg, arrays, report=lambda m, t: states.setdefault(m["epoch"], t())).history
+    for a, b in zip(eager, compiled, strict=True):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], abs=1e-4)
+        assert b["val/loss"] == pytest.approx(a["val/loss"], abs=1e-4)
+    resumed = fit(cfg, arrays, resume=round_trip(states[1])).history
+    assert without_timings(resumed) == without_timings(compiled)
