@@ -262,7 +262,7 @@ def main() -> None:
     report["data"] = {"dir": args.data_dir or "bundled slice", "train": len(arrays.train_labels)}
     report["sizes"] = size
     checks: dict[str, Callable[[], Report]] = {
-        "throughput": lambda: sections.check_throughput(arrays, device, size),
+        "throughput": lambda: sections.check_throughput(device, size),
         "precision": lambda: sections.check_precisions(arrays, device, size),
         "resume": lambda: sections.check_resume(arrays, device, size),
         "packing": lambda: sections.check_packing(device, size, args.data_dir),

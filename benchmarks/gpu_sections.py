@@ -85,13 +85,12 @@ def launches_per_step(run: Any) -> Report:
     return {"launch_calls": round(launches / steps, 1), "gpu_kernels": round(kernels / steps, 1)}
 
 
-def check_throughput(arrays: Any, device: torch.device, size: Report) -> Report:
+def check_throughput(device: torch.device, size: Report) -> Report:
     """Engine (bf16 and fp32; eager, compiled, CUDA graphs) against the usual loop, img/s."""
     from throughput import engine_config, measure_engine, measure_reference, synthetic_data
 
     from cifartune.engine import native_bf16
 
-    del arrays  # the speed sections train on synthetic data; the argument keeps one signature
     images = size["synthetic_images"]
     data = synthetic_data(images, device)
     out: Report = {

@@ -82,7 +82,7 @@ def compiled_forward(
         )
         mode = "model"
     options = "reduce-overhead" if mode == "cudagraphs" else "default"
-    return torch.compile(model, mode=options, dynamic=False)  # type: ignore[return-value]
+    return torch.compile(model, mode=options, dynamic=False)
 
 
 def _compiler_missing(device: torch.device) -> str | None:

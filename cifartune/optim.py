@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -62,11 +63,15 @@ def build_scheduler(
         base = optimizer.param_groups[0]["lr"]
         return sched.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=base * cfg.min_lr_ratio)
     if cfg.name == "onecycle":
+        total = epochs * steps_per_epoch
+        # torch's warm-up phase ends at step pct_start * total - 1: at exactly 1 step it spans
+        # zero steps and OneCycleLR divides by zero (a tiny run: 4 steps at 25%); 2 steps then.
+        pct = 2 / total if math.isclose(cfg.pct_start * total, 1) and total > 2 else cfg.pct_start
         return sched.OneCycleLR(
             optimizer,
             max_lr=optimizer.param_groups[0]["lr"],
-            total_steps=epochs * steps_per_epoch,
-            pct_start=cfg.pct_start,
+            total_steps=total,
+            pct_start=pct,
             cycle_momentum=False,
         )
     return sched.LambdaLR(optimizer, lambda _: 1.0)

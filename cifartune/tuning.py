@@ -20,6 +20,10 @@ from typing import Any
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# No per-trial result.json/progress.csv/TensorBoard files from Ray's default loggers: the epoch
+# Parquet files are the results, and Ray's files cost a write per result and, in an object
+# store, an upload per trial at every experiment snapshot (requests that grow with the study).
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 import ray
 from ray import tune
@@ -204,6 +208,7 @@ class StudyCallback(tune.Callback):
         self.directory, self.spec, self.optuna_storage = directory, spec, optuna_storage
         self.recorder: StudyRecorder | None = None
         self.mirror: OptunaMirror | None = None
+        self._changed: dict[str, dict[str, Any]] = {}  # rows not mirrored yet, by trial
 
     def setup(self, *args: Any, **info: Any) -> None:
         spec = self.spec
@@ -216,6 +221,7 @@ class StudyCallback(tune.Callback):
             spec.resources.gpus,
         )
         self.mirror = self._open_mirror()
+        self._changed = {}
 
     def _open_mirror(self) -> OptunaMirror | None:
         """The study's Optuna mirror (optuna.journal beside the results, or --optuna-storage);
@@ -284,11 +290,14 @@ class StudyCallback(tune.Callback):
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._sync(trials)
         self._recorder.flush()
+        self._update_mirror()
         set_aside_orphans(self.directory, {t.trial_id for t in trials})
 
     def _sync(self, trials: list[Trial], touched: Trial | None = None) -> None:
-        """The trial table and the mirror, for the trial the event is about and any trial whose
-        state changed (noticing that is a dictionary lookup per trial, nothing more)."""
+        """The trial table, for the trial the event is about and any trial whose state changed
+        (noticing that is a dictionary lookup per trial, nothing more); the mirror follows
+        whenever the table is written (at most every few seconds: each Optuna journal write is
+        a synced disk write, several per epoch otherwise)."""
         recorder = self._recorder
         touched_id = touched.trial_id if touched is not None else None
         events = [
@@ -296,12 +305,21 @@ class StudyCallback(tune.Callback):
             for t in trials
             if t.trial_id == touched_id or recorder.needs_update(t.trial_id, t.status)
         ]
-        changed = recorder.record_events(events, touched_id)
-        if self.mirror is None or not changed:
+        writes = recorder.writes
+        self._changed.update(
+            {row["trial_id"]: row for row in recorder.record_events(events, touched_id)}
+        )
+        if recorder.writes != writes:
+            self._update_mirror()
+
+    def _update_mirror(self) -> None:
+        """The mirror, for the trials that changed since its last update."""
+        changed, self._changed = self._changed, {}
+        if self.mirror is None:
             return
         try:  # in trial-id order, so a mirror rebuilt from Parquet numbers its trials the same
-            for row in sorted(changed, key=lambda r: r["trial_id"]):
-                self.mirror.update(row, recorder.trial_epochs(row["trial_id"]))
+            for trial_id in sorted(changed):
+                self.mirror.update(changed[trial_id], self._recorder.trial_epochs(trial_id))
         except Exception as exc:  # the Parquet files stay the truth; the mirror is rebuilt later
             log.warning("Optuna mirror stopped (%s); rebuild it with export-optuna", exc)
             self.mirror = None

@@ -524,7 +524,8 @@ def test_the_test_set_is_scored_in_the_precision_the_model_trained_in(bundled, m
     old = {k: v for k, v in state.items() if k != "precision"}
     bf16 = score_on_test(cfg, trained.run.data, old)
     assert bf16 != fp32
-    assert bf16 == score_on_test(cfg.model_copy(update={"precision": "bf16"}), trained.run.data, old)
+    as_bf16 = cfg.model_copy(update={"precision": "bf16"})
+    assert bf16 == score_on_test(as_bf16, trained.run.data, old)
 
 
 def test_the_test_set_reaches_the_device_only_when_scored(bundled):
@@ -537,3 +538,15 @@ def test_the_test_set_reaches_the_device_only_when_scored(bundled):
     with_test = to_device(bundled, cfg.data, torch.device("cpu"))
     fit(cfg.model_copy(update={"eval_test": True}), with_test)
     assert with_test.test_on_device
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+def test_onecycle_builds_for_runs_of_a_few_steps(steps):
+    # 4 steps at pct_start 0.25 once made torch's warm-up span zero steps: ZeroDivisionError.
+    cfg = quick_config(schedule__name="onecycle")
+    cpu = torch.device("cpu")
+    optimizer = engine.build_optimizer(cfg.optim, iter([nn.Parameter(torch.ones(1))]), cpu)
+    scheduler = engine.build_scheduler(cfg.schedule, optimizer, epochs=1, steps_per_epoch=steps)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()

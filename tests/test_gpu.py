@@ -214,3 +214,29 @@ def test_a_ray_study_packs_two_trials_on_one_gpu(tmp_path):
     spans = spans.groupby("trial_id").agg(start=("start", "min"), end=("time/ended_at", "max"))
     assert spans["start"].max() < spans["end"].min()  # the two trials overlapped in time
     assert len(pd.read_parquet(results / "test.parquet")) == 2
+
+
+@pytest.mark.slow
+def test_cifartune_train_resumes_a_cpu_adam_run_on_cuda(tmp_path, monkeypatch):
+    # The same command on a machine without and then with a GPU (`device: auto` both times).
+    import signal
+
+    import pandas as pd
+
+    from .helpers import REPO, run_cli, start_cli, stopped_at_exit
+    from .studies import wait_for
+
+    out = tmp_path / "run"
+    sets = ["epochs=6", "data.train_subset=500", "data.source=bundled", "optim.name=adam",
+            "optim.lr=0.001"]  # fmt: skip
+    args = ["train", *(a for s in sets for a in ("--set", s)), "--out", str(out)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: auto is the CPU
+    with stopped_at_exit(start_cli(args, cwd=REPO)) as process:
+        metrics = out / "metrics.parquet"
+        wait_for(lambda: metrics.exists() and len(pd.read_parquet(metrics)) >= 2, timeout=240)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    result = run_cli(["train", "--resume", "--out", str(out)], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pd.read_parquet(metrics)["epoch"].tolist() == [1, 2, 3, 4, 5, 6]

@@ -47,7 +47,7 @@ def _check_common(report):
         for precision in ("bf16", "fp32"):
             engine, reference = row[f"engine_{precision}_img_s"], row["reference_fp32_img_s"]
             assert engine > 0 and reference > 0
-            assert row[f"ratio_{precision}"] == pytest.approx(engine / reference, 0.01)
+            assert row[f"ratio_{precision}"] == pytest.approx(engine / reference, abs=0.01)
     assert speed["compile"]["none"]["img_s"] > 0
     for precision in ("fp32", "bf16"):
         assert 0 <= sections["precision"][precision]["val_top1"] <= 100

@@ -169,6 +169,8 @@ def test_the_callback_mirrors_only_the_trial_an_event_is_about(tmp_path, n):
     _write_epochs(tmp_path, "t1", 2)
     callback.on_trial_result(0, trials, trials[1], {"epoch": 2, "val/top1": 12.0, "val/loss": 2.0,
                                                     "time/epoch_s": 1.0})  # fmt: skip
+    assert updates == []  # within the table's write interval: the mirror follows it
+    callback.on_experiment_end(trials)
     assert updates == ["t1"]
     study = callback.mirror.study
     mirrored = {t.user_attrs["trial_id"]: t for t in study.get_trials()}

@@ -102,7 +102,7 @@ RULE = "a boolean is not a number; write a number"
         ("resources: {cpus: true}", "resources.cpus = True"),
         ("scheduler: {name: asha, grace_period: true}", "scheduler.grace_period = True"),
         ("repeats: true", "repeats = True"),
-        ("space: {epochs: [2, true]}", "space.epochs: epochs = True"),
+        ("space: {epochs: [2, true]}", "space.epochs = True"),
         ("variants: {a: {optim.lr: true}}", "variants.a: optim.lr = True"),
         (
             "search: {algorithm: random}\nspace: {optim.lr: {type: float, low: true, high: 0.1}}",
@@ -114,7 +114,7 @@ RULE = "a boolean is not a number; write a number"
         ),
         (
             "search: {algorithm: random}\nspace: {batch_size: {type: categorical, choices: [yes]}}",
-            "space.batch_size: batch_size = True",
+            "space.batch_size = True",
         ),
     ],
 )
