@@ -333,6 +333,7 @@ def score_best_on_test(
             data = to_device(arrays, config.data, device)
             rows.append(
                 {
+                    "study": spec.name,
                     "rank": rank,
                     "group": group,
                     "trial_id": trial.trial_id,

@@ -134,6 +134,7 @@ def fabricate_study(
                     "node_id": "n1",
                     "pid": 1,
                     "time/ended_at": 1.767e9 + 60 * epoch,  # Unix seconds, as time.time()
+                    "effective/precision": "bf16",  # what precision auto picked
                 }
             )
         flat = resolve_flat(spec, sample)

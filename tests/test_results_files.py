@@ -14,7 +14,7 @@ from cifartune.cli import main
 from cifartune.config import load_trial_config
 from cifartune.data import describe_source
 from cifartune.local import CONFIG_FILE, METRICS_FILE, train_local
-from cifartune.optuna_mirror import OptunaMirror, export_optuna
+from cifartune.optuna_mirror import OptunaMirror
 from cifartune.results import read_study
 
 from .helpers import REPO, quick_config, run_cli
@@ -161,3 +161,11 @@ def test_a_train_config_file_takes_the_dotted_keys_specs_use(tmp_path):
     config = load_trial_config(path)
     assert config.optim.lr == 0.01 and config.data.augment == ("crop", "flip")
     assert config.model.dropout == 0.2
+
+
+def test_the_report_says_what_really_ran(tmp_path):
+    from cifartune.reports.tables import overview
+
+    study = fabricate_study(tmp_path, {"name": "ran", **SPEC}, CURVES)
+    table = overview(read_study(study)).set_index("property")["value"]
+    assert "precision bf16" in table["what ran"]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..results import StudyData
+from ..results import EFFECTIVE_PREFIX, StudyData
 from .naming import (
     STOP_NAMES,
     compute_seconds,
@@ -74,6 +74,7 @@ def overview(study: StudyData) -> pd.DataFrame:
         f"{data.get('val_size') or '10%'} images",
         "trials": _counts(trials),
         "compute": _compute(trials) if not trials.empty else "–",
+        "what ran": effective_text(trials),
         "resources per trial": f"{fmt(resources.get('cpus', 1))} CPU, "
         f"{fmt(resources.get('gpus', 0))} GPU",
         "spec hash": meta.get("spec_hash", "?"),
@@ -82,6 +83,19 @@ def overview(study: StudyData) -> pd.DataFrame:
         f"{', '.join(hardware.get('gpus') or []) or 'none'}",
     }
     return pd.DataFrame({"property": list(rows), "value": list(rows.values())})
+
+
+def effective_text(trials: pd.DataFrame) -> str:
+    """What the trials really ran with (``effective/*``: precision ``auto`` picked, threads,
+    device...), each setting's distinct values across trials."""
+    columns = [c for c in trials.columns if c.startswith(EFFECTIVE_PREFIX)]
+    if not columns:
+        return "not recorded (results of an older cifartune)"
+    parts = []
+    for column in columns:
+        values = sorted({str(v) for v in trials[column].dropna()}) or ["–"]
+        parts.append(f"{column.removeprefix(EFFECTIVE_PREFIX)} {' / '.join(values)}")
+    return "; ".join(parts)
 
 
 def _test_of(study: StudyData, ids: pd.Series) -> pd.DataFrame:
