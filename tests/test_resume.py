@@ -64,7 +64,12 @@ def _signal_group(driver, results, signum, after_epochs=None):
     """Send `signum` to the driver's whole process group once it runs trials (more epochs than
     `after_epochs`, or every epoch written); it must end the study interrupted with exit 130,
     print the resume command and leave no process behind. Returns its stderr."""
-    wait_for(lambda: read_study(results).meta.get("pid") == driver.pid)
+    # The study may already be complete (a slow machine finished it in the previous phase):
+    # then the driver says so and exits 0 without taking the study over.
+    wait_for(lambda: read_study(results).meta.get("pid") == driver.pid or driver.poll() == 0)
+    if driver.poll() == 0:
+        driver.communicate(timeout=60)
+        return f"continue it with: cifartune resume {results}"
     child = read_study(results).meta["driver_pid"]  # runs the study in a session of its own
     if after_epochs is not None:
         wait_for(lambda: len(epochs_so_far(results)) > min(after_epochs, 3 * 4 - 1), timeout=300)
