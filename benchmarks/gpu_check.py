@@ -134,6 +134,8 @@ def check_ray(device: torch.device, size: Report, data_dir: str | None, out_dir:
     import pandas as pd
     import yaml
 
+    from cifartune.results import seconds_between
+
     trials = size["ray_trials"]
     gpus = 1 / min(trials, 4) if device.type == "cuda" else 0
     lrs = [0.04 / 2**i for i in range(trials)]
@@ -171,10 +173,10 @@ def check_ray(device: torch.device, size: Report, data_dir: str | None, out_dir:
     epochs = pd.concat(pd.read_parquet(p) for p in (results / "epochs").glob("*.parquet"))
     # From Ray starting the trial (driver clock) to its first epoch starting (trial clock, the
     # same machine here): actor, process, imports, data from the object store, model build.
+    # Both times are UTC timestamps in the Parquet files.
     first = epochs.sort_values("epoch").groupby("trial_id").first()
-    startup = (first["time/ended_at"] - first["time/epoch_s"]) - table.set_index("trial_id")[
-        "started_at"
-    ]
+    began = first["time/ended_at"] - pd.to_timedelta(first["time/epoch_s"], unit="s")
+    startup = seconds_between(began, table.set_index("trial_id")["started_at"].reindex(first.index))
     if not len(table) or startup.isna().any():
         raise RuntimeError(f"{results}: trials.parquet and epochs/*.parquet do not match up")
     return {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,13 @@ class Location:
     def write_bytes(self, payload: bytes) -> None:
         """Replace the file whole (see the module docstring)."""
         if not self.local:
-            with self.filesystem.open_output_stream(self.path) as handle:
+            # Put under a hidden temporary key, then move it into place: a process stopped
+            # during the put (a SIGTERM unwinding through the stream closes it) leaves a
+            # temporary key that readers skip, never a truncated or empty object at `path`.
+            tmp = f"{self.path.rsplit('/', 1)[0]}/.{self.name}.{uuid.uuid4().hex}.tmp"
+            with self.filesystem.open_output_stream(tmp) as handle:
                 handle.write(payload)
+            self.filesystem.move(tmp, self.path)
             return
         path = self.local_path
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -210,7 +210,8 @@ def test_a_ray_study_packs_two_trials_on_one_gpu(tmp_path):
     trials = pd.read_parquet(results / "trials.parquet")
     assert len(trials) == 2 and set(trials["state"]) == {"TERMINATED"}
     epochs = pd.concat(pd.read_parquet(p) for p in (results / "epochs").glob("*.parquet"))
-    spans = epochs.assign(start=epochs["time/ended_at"] - epochs["time/epoch_s"])
+    began = epochs["time/ended_at"] - pd.to_timedelta(epochs["time/epoch_s"], unit="s")
+    spans = epochs.assign(start=began)
     spans = spans.groupby("trial_id").agg(start=("start", "min"), end=("time/ended_at", "max"))
     assert spans["start"].max() < spans["end"].min()  # the two trials overlapped in time
     assert len(pd.read_parquet(results / "test.parquet")) == 2
