@@ -14,7 +14,7 @@ from .config import EFFECTIVE_KEY, ConfigError, TrialConfig, dump_yaml, flatten,
 from .data import load_arrays, to_device
 from .effective import effective_settings
 from .engine import FitResult, Metrics, StateThunk, fit, resolve_device
-from .results import EFFECTIVE_PREFIX, epoch_rows, write_table
+from .results import EFFECTIVE_PREFIX, epoch_records, write_records
 from .trial_store import CpuClock, load_state, save_state
 
 CONFIG_FILE = "config.yaml"
@@ -58,8 +58,7 @@ def train_local(
     def report(metrics: Metrics, thunk: StateThunk) -> None:
         cpu.measure(metrics)
         run_state = thunk()
-        rows = epoch_rows(run_state["history"], flat, **effective)
-        write_table(rows, out / METRICS_FILE)
+        write_records(epoch_records(run_state["history"], flat, **effective), out / METRICS_FILE)
         save_state(run_state, checkpoint)
         if on_epoch is not None:
             on_epoch(metrics)

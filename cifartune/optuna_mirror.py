@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,15 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import CifartuneError
-from .results import CONFIG_PREFIX, EPOCHS_DIR, TRIALS_FILE, _scalar, read_study
+from .results import (
+    CONFIG_PREFIX,
+    EPOCHS_DIR,
+    TRIALS_FILE,
+    _scalar,
+    epochs_by_trial,
+    metric_value,
+    read_study,
+)
 from .spec import METRIC_MODES, VARIANT_KEY
 
 log = logging.getLogger(__name__)
@@ -183,9 +191,9 @@ class OptunaMirror:
                     self._study_id, trial.number
                 )
 
-    def update(self, trial_row: Mapping[str, Any], epochs: pd.DataFrame) -> None:
+    def update(self, trial_row: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]]) -> None:
         """Make the storage agree with one cifartune trial: `trial_row` is its trials.parquet
-        row, `epochs` its epoch rows (any order). Writes only what differs."""
+        row, `epochs` its epoch rows as dicts (any order). Writes only what differs."""
         trial_id = str(trial_row["trial_id"])
         state = self._target_state(trial_row)
         steps = self._steps(epochs)
@@ -219,10 +227,9 @@ class OptunaMirror:
     def sync(self, trials: pd.DataFrame, epochs: pd.DataFrame) -> None:
         """:meth:`update` for every row of `trials` (ordered by trial id, so a rebuilt mirror
         numbers its trials the same way every time) with its rows of `epochs`."""
-        by_trial = dict(iter(epochs.groupby("trial_id"))) if not epochs.empty else {}
-        empty = epochs.iloc[:0]
+        by_trial = epochs_by_trial(epochs)
         for row in trials.sort_values("trial_id").to_dict("records"):
-            self.update(row, by_trial.get(row["trial_id"], empty))
+            self.update(row, by_trial.get(row["trial_id"], []))
 
     def _target_state(self, row: Mapping[str, Any]) -> TrialState:
         if row["state"] == "PENDING":
@@ -237,11 +244,8 @@ class OptunaMirror:
             return FINAL_STATES[reason]
         return TrialState.RUNNING  # RUNNING, INTERRUPTED (resumed later), PAUSED
 
-    def _steps(self, epochs: pd.DataFrame) -> dict[int, float]:
-        if epochs.empty:
-            return {}
-        values = pd.to_numeric(epochs[self.metric], errors="coerce")
-        steps = {int(e): float(v) for e, v in zip(epochs["epoch"], values, strict=True)}
+    def _steps(self, epochs: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+        steps = {int(row["epoch"]): metric_value(row.get(self.metric)) for row in epochs}
         return {e: v for e, v in sorted(steps.items()) if math.isfinite(v)}
 
     def _final_value(

@@ -30,9 +30,10 @@ from .results import (
     _scalar,
     as_timestamps,
     read_optional_table,
-    read_table,
+    read_records,
     reserved,
     summarize_epochs,
+    summary_column,
     trial_keys,
     write_table,
 )
@@ -82,7 +83,7 @@ class StudyRecorder:
         self._rows: dict[str, dict[str, Any]] = {}
         self._ray_states: dict[str, str] = {}  # as last seen: a trial is redone when it changes
         self._flat: dict[str, dict[str, Any]] = {}
-        self._epochs: dict[str, tuple[tuple[int, int], pd.DataFrame]] = {}
+        self._epochs: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
         self._retries: dict[str, int] = {}
         self._started: dict[str, float] = {}  # wall clock when Ray last started the trial
         # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
@@ -103,16 +104,18 @@ class StudyRecorder:
                 seconds = [t.timestamp() for t in started[STARTED_AT]]
                 self._started = dict(zip(started["trial_id"], seconds, strict=True))
 
-    def trial_epochs(self, trial_id: str) -> pd.DataFrame:
-        """The trial's epoch rows as its process last wrote them (re-read when they change)."""
+    def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
+        """The trial's epoch rows as its process last wrote them (re-read when they change),
+        the columns its summary and the Optuna mirror use."""
         path = self.directory / EPOCHS_DIR / f"{trial_id}.parquet"
         stamp = path.stamp()
         if stamp is None:
-            return pd.DataFrame()
+            return []
         cached = self._epochs.get(trial_id)
         if cached is None or cached[0] != stamp:
             self.reads += 1
-            cached = (stamp, read_table(path))
+            rows = read_records(path, lambda name: summary_column(name, self.metric))
+            cached = (stamp, sorted(rows, key=lambda row: row["epoch"]))
             self._epochs[trial_id] = cached
         return cached[1]
 
@@ -191,7 +194,6 @@ class StudyRecorder:
         row.update(summarize_epochs(epochs, self.metric, self.mode, flat["epochs"], state))
         row.update(reserved(row["time_s"], self.cpus, self.gpus))
         row.update({CONFIG_PREFIX + k: _scalar(v) for k, v in flat.items()})
-        if not epochs.empty:  # what the trial really ran with, as its first epoch recorded
-            first = epochs.iloc[0]
-            row.update({c: first[c] for c in epochs.columns if c.startswith(EFFECTIVE_PREFIX)})
+        if epochs:  # what the trial really ran with, as its first epoch recorded
+            row.update({c: v for c, v in epochs[0].items() if c.startswith(EFFECTIVE_PREFIX)})
         return row

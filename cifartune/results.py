@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +51,43 @@ def read_optional_table(path: Path | Location) -> pd.DataFrame:
     return read_table(location) if location.is_file() else pd.DataFrame()
 
 
-def epoch_rows(
+def epoch_records(
     history: Iterable[Mapping[str, Any]], flat_config: Mapping[str, Any], **keys: Any
-) -> pd.DataFrame:
-    """Metrics per epoch, plus identifying `keys` and the flat config as ``config/<key>``."""
-    frame = pd.DataFrame(list(history))
-    for name, value in keys.items():
-        frame[name] = value
-    for name, value in flat_config.items():
-        frame[CONFIG_PREFIX + name] = _scalar(value)
-    as_timestamps(frame, ENDED_AT)
-    leading = [*keys, "epoch"]
-    return frame[leading + [c for c in frame.columns if c not in leading]]
+) -> list[dict[str, Any]]:
+    """Metrics per epoch, plus identifying `keys` and the flat config as ``config/<key>``, as
+    plain rows (:func:`write_records` writes them)."""
+    config = {CONFIG_PREFIX + name: _scalar(value) for name, value in flat_config.items()}
+    return [{**keys, "epoch": m["epoch"], **m, **config} for m in history]
+
+
+def write_records(records: list[Mapping[str, Any]], path: Path | Location) -> None:
+    """Write rows (dicts; a key missing from a row is null there) as one Parquet file,
+    atomically, with ``time/ended_at`` as a UTC timestamp. Built with pyarrow alone: a trial
+    writes its epoch file once per epoch, and a pandas frame per write cost more than a small
+    trial's epoch."""
+    names = list(dict.fromkeys(name for record in records for name in record))
+    columns = {}
+    for name in names:
+        values = [record.get(name) for record in records]
+        if name == ENDED_AT:
+            columns[name] = pa.array([_nanoseconds(v) for v in values], _UTC_NS)
+        else:
+            columns[name] = pa.array(values, from_pandas=True)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+_UTC_NS = pa.timestamp("ns", tz="UTC")
+
+
+def _nanoseconds(value: Any) -> int | None:
+    """Unix seconds as measured, or a timestamp read back from a file, as ns since the epoch."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, datetime):
+        return int(pd.Timestamp(value).value)
+    return round(float(value) * 1e9)
 
 
 def as_timestamps(frame: pd.DataFrame, column: str) -> None:
@@ -162,10 +189,46 @@ def trial_keys(
     }
 
 
+def read_records(path: Path | Location, keep: Callable[[str], bool] | None = None) -> list[dict]:
+    """A Parquet file's rows as dicts, only its columns that `keep` accepts (all without it).
+    pyarrow alone, through one ParquetFile: the driver reads a trial's epoch file at each of
+    its results, and pandas' reader cost several times more than this for files this small."""
+    source = pq.ParquetFile(pa.BufferReader(Location.of(path).read_bytes()))
+    names = None if keep is None else [n for n in source.schema_arrow.names if keep(n)]
+    return list(source.read(columns=names).to_pylist())
+
+
+# The epoch columns a trial's summary reads (beside ``effective/*`` and the study's metric).
+SUMMARY_COLUMNS = frozenset(
+    {"epoch", "val/top1", "train/top1", "time/epoch_s", "time/cpu_s", "diverged"}
+)
+
+
+def summary_column(name: str, metric: str) -> bool:
+    return name in SUMMARY_COLUMNS or name == metric or name.startswith(EFFECTIVE_PREFIX)
+
+
+def metric_value(value: Any) -> float:
+    """A metric as a float; NaN where it is missing or not a number."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _flag(value: Any) -> bool:
+    """A boolean column's value; missing (None, or NaN in a frame) is False."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return not missing and bool(value)
+
+
 def summarize_epochs(
-    epochs: pd.DataFrame, metric: str, mode: str, planned: int, state: str
+    epochs: Sequence[Mapping[str, Any]], metric: str, mode: str, planned: int, state: str
 ) -> dict[str, Any]:
-    """Per-trial summary: epochs run, best epoch and value of `metric`, stop reason, time."""
+    """Per-trial summary of its epoch rows (in epoch order): epochs run, best epoch and value
+    of `metric` (the first best; NaN never is), stop reason, time."""
     run = len(epochs)
     summary: dict[str, Any] = {
         "epochs_run": run,
@@ -177,18 +240,22 @@ def summarize_epochs(
         "cpu_s": None,  # measured, where the epochs measured it
     }
     if run:
-        values = pd.to_numeric(epochs[metric], errors="coerce")
-        best = values.idxmax() if mode == "max" else values.idxmin()
-        if pd.notna(best):
-            summary["best_epoch"] = int(epochs.loc[best, "epoch"])
-            summary["best_metric"] = float(values[best])
-        last = epochs.iloc[-1]
-        summary["final_val_top1"] = float(last["val/top1"])
-        summary["final_train_top1"] = float(last["train/top1"])
-        summary["time_s"] = float(epochs["time/epoch_s"].sum())
-        if "time/cpu_s" in epochs and epochs["time/cpu_s"].notna().all():
-            summary["cpu_s"] = float(epochs["time/cpu_s"].sum())
-    diverged = bool(run and epochs.iloc[-1].get("diverged", False))
+        for row in epochs:
+            value = metric_value(row.get(metric))
+            best = summary["best_metric"]
+            if not math.isnan(value) and (
+                best is None or (value > best if mode == "max" else value < best)
+            ):
+                summary["best_epoch"], summary["best_metric"] = int(row["epoch"]), value
+        last = epochs[-1]
+        summary["final_val_top1"] = metric_value(last.get("val/top1"))
+        summary["final_train_top1"] = metric_value(last.get("train/top1"))
+        times = [metric_value(row.get("time/epoch_s")) for row in epochs]
+        summary["time_s"] = math.fsum(t for t in times if not math.isnan(t))
+        cpu = [metric_value(row.get("time/cpu_s")) for row in epochs]
+        if not any(math.isnan(c) for c in cpu):
+            summary["cpu_s"] = math.fsum(cpu)
+    diverged = bool(run and _flag(epochs[-1].get("diverged")))
     if state == "ERROR":
         reason = "error"
     elif diverged:
@@ -206,6 +273,13 @@ def reserved(seconds: float, cpus: float, gpus: float) -> dict[str, float]:
     return {"reserved_cpu_s": seconds * cpus, "reserved_gpu_s": seconds * gpus}
 
 
+def epochs_by_trial(epochs: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """Each trial's epoch rows (as dicts, in the frame's order)."""
+    if epochs.empty:
+        return {}
+    return {str(t): rows.to_dict("records") for t, rows in epochs.groupby("trial_id", sort=False)}
+
+
 def resummarize(
     trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: str, cpus: float, gpus: float
 ) -> pd.DataFrame:
@@ -214,11 +288,10 @@ def resummarize(
     at a bounded rate, or died before its last write), and a view must agree with itself."""
     if trials.empty:
         return trials
-    by_trial = dict(iter(epochs.groupby("trial_id"))) if not epochs.empty else {}
-    none = epochs.iloc[:0]
+    by_trial = epochs_by_trial(epochs)
     rows = []
     for row in trials.to_dict("records"):
-        mine = by_trial.get(row["trial_id"], none)
+        mine = by_trial.get(row["trial_id"], [])
         row.update(summarize_epochs(mine, metric, mode, int(row["max_epochs"]), row["state"]))
         row.update(reserved(row["time_s"], cpus, gpus))
         row.pop("gpu_s", None)  # older versions' name for reserved_gpu_s

@@ -10,6 +10,7 @@ or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pyarrow import fs
 
@@ -134,13 +135,23 @@ class Location:
 
     def write_bytes(self, payload: bytes) -> None:
         """Replace the file whole (see the module docstring)."""
+        with self.open_for_writing() as handle:
+            handle.write(payload)
+
+    @contextlib.contextmanager
+    def open_for_writing(self) -> Iterator[BinaryIO]:
+        """A handle whose bytes replace the file whole when the block ends without an error
+        (see the module docstring); on an error the file stays as it was. Locally the bytes
+        stream to a temporary file (a checkpoint is not copied through memory first)."""
         if not self.local:
             # Put under a hidden temporary key, then move it into place: a process stopped
             # during the put (a SIGTERM unwinding through the stream closes it) leaves a
             # temporary key that readers skip, never a truncated or empty object at `path`.
+            buffer = io.BytesIO()
+            yield buffer
             tmp = f"{self.path.rsplit('/', 1)[0]}/.{self.name}.{uuid.uuid4().hex}.tmp"
-            with self.filesystem.open_output_stream(tmp) as handle:
-                handle.write(payload)
+            with self.filesystem.open_output_stream(tmp) as stream:
+                stream.write(buffer.getbuffer())
             self.filesystem.move(tmp, self.path)
             return
         path = self.local_path
@@ -150,13 +161,29 @@ class Location:
             # mkstemp makes the file 0600; a results directory is shared as the umask allows.
             os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def link_to(self, target: Location) -> None:
+        """Make `target` a copy of this file without writing its bytes again: a hard link on
+        a local disk (replacing `target` atomically; this file is only ever replaced, never
+        rewritten in place, so the link keeps today's bytes), a server-side copy in an object
+        store (one request that replaces the object whole)."""
+        if not self.local:
+            self.filesystem.copy_file(self.path, target.path)
+            return
+        tmp = target.parent.local_path / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            os.link(self.path, tmp)
+        except OSError:  # a filesystem without hard links: copy the bytes after all
+            target.write_bytes(self.read_bytes())
+            return
+        os.replace(tmp, target.path)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())

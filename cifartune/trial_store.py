@@ -14,7 +14,6 @@ writes the missing row from the checkpoint's history, so no finished epoch is re
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -22,10 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
-from .results import EPOCHS_DIR, epoch_rows, read_optional_table, write_table
+from .results import EPOCHS_DIR, epoch_records, write_records
 from .storage import Location
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,8 @@ def checkpoint_dir(directory: Location, trial_id: str) -> Location:
 
 
 def save_state(state: Mapping[str, Any], path: Path | Location) -> None:
-    buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
-    Location.of(path).write_bytes(buffer.getvalue())
+    with Location.of(path).open_for_writing() as handle:
+        torch.save(dict(state), handle)
 
 
 def load_state(path: Path | Location, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -158,7 +156,7 @@ class TrialWriter:
         self.flat, self.keys, self.extras = dict(flat_config), dict(keys), dict(extras)
         self.metric, self.mode, self.every = metric, mode, every
         self.folder = checkpoint_dir(directory, trial_id)
-        self.rows = pd.DataFrame()
+        self.rows: list[dict[str, Any]] = []  # as written to the epoch file, by epoch
         self.best: float | None = None
         self.ran: dict[int, dict[str, Any]] = {}  # epoch -> pid, node and end time
 
@@ -174,18 +172,16 @@ class TrialWriter:
             discard_trial_files(self.directory, self.trial_id)
             return None
         done = int(state["epoch"])
-        stored = read_optional_table(epochs_path(self.directory, self.trial_id))
-        kept = stored[stored["epoch"] <= done] if not stored.empty else stored
-        have = set(kept["epoch"]) if not kept.empty else set()
+        kept = [row for row in self._stored_rows() if row["epoch"] <= done]
+        have = {row["epoch"] for row in kept}
         self.ran = {int(e): dict(r) for e, r in state.get("ran", {}).items()}
-        missing: list[Mapping[str, Any]] = [
+        # Written to the checkpoint, not yet to the rows: the rows come from it.
+        missing = [
             {**m, **self.ran.get(int(m["epoch"]), {})}
             for m in state["history"]
             if m["epoch"] not in have
         ]
-        if missing:  # written to the checkpoint, not yet to the rows: the rows come from it
-            kept = pd.concat([kept, self._rows(missing)], ignore_index=True)
-        self.rows = kept.sort_values("epoch", ignore_index=True) if not kept.empty else kept
+        self.rows = sorted(kept + self._rows(missing), key=lambda row: row["epoch"])
         self.best = state.get("best_metric")
         self._write_rows()
         return state
@@ -204,19 +200,29 @@ class TrialWriter:
         self.ran[epoch] = {**self.extras, "time/ended_at": time.time()}
         if improved or due:
             full = {**state(), "sample": self.sample, "best_metric": self.best, "ran": self.ran}
-            if improved:
-                best = {"epoch": epoch, "metric": self.best, "model": full["model"]}
-                save_state({**best, "sample": self.sample}, self.folder / BEST)
+            # best.pt: what scoring reads (epoch, metric, model, sample, precision). When the
+            # latest checkpoint is due too it is that file, linked rather than written twice.
+            best = {**full, "metric": self.best} if improved else None
             if due:
-                save_state(full, self.folder / LATEST)
+                save_state(best or full, self.folder / LATEST)
+                if best is not None:
+                    (self.folder / LATEST).link_to(self.folder / BEST)
+            elif best is not None:
+                keep = ("epoch", "metric", "model", "sample", "precision")
+                save_state({k: best[k] for k in keep if k in best}, self.folder / BEST)
         row = self._rows([{**metrics, **self.ran[epoch]}])
-        previous = self.rows[self.rows["epoch"] < epoch] if not self.rows.empty else self.rows
-        self.rows = pd.concat([previous, row], ignore_index=True) if not previous.empty else row
+        self.rows = [r for r in self.rows if r["epoch"] < epoch] + row
         self._write_rows()
 
-    def _rows(self, history: list[Mapping[str, Any]]) -> pd.DataFrame:
-        return epoch_rows(history, self.flat, **self.keys)
+    def _stored_rows(self) -> list[dict[str, Any]]:
+        path = epochs_path(self.directory, self.trial_id)
+        if not path.is_file():
+            return []
+        return list(pq.read_table(path.open_for_reading()).to_pylist())
+
+    def _rows(self, history: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return epoch_records(history, self.flat, **self.keys)
 
     def _write_rows(self) -> None:
-        if not self.rows.empty:
-            write_table(self.rows, epochs_path(self.directory, self.trial_id))
+        if self.rows:
+            write_records(self.rows, epochs_path(self.directory, self.trial_id))

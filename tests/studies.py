@@ -76,7 +76,7 @@ def fabricate_study(
 
     from cifartune.config import flatten
     from cifartune.recorder import StudyRecorder, TrialEvent
-    from cifartune.results import epoch_rows, trial_keys, write_table
+    from cifartune.results import epoch_records, trial_keys, write_records, write_table
     from cifartune.spec import build_spec, spec_hash, trial_config
 
     def resolve_flat(spec, sample):
@@ -138,8 +138,8 @@ def fabricate_study(
                 }
             )
         flat = resolve_flat(spec, sample)
-        rows = epoch_rows(history, flat, **trial_keys(trial_id, flat, sample, study=spec.name))
-        write_table(rows, study_dir / "epochs" / f"{trial_id}.parquet")
+        rows = epoch_records(history, flat, **trial_keys(trial_id, flat, sample, study=spec.name))
+        write_records(rows, study_dir / "epochs" / f"{trial_id}.parquet")
         if final_state == "TERMINATED":
             recorder.record_complete(trial_id)
         events.append(TrialEvent(trial_id, final_state, sample))

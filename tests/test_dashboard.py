@@ -143,7 +143,7 @@ def test_dashboard_serves_the_study_follows_new_epochs_and_stops_cleanly(tmp_pat
         mirror = OptunaMirror(results, {"name": "search", **data.spec})
         mirror.update(
             {**row, "trial_id": "t_00006", "state": "TERMINATED", "stop_reason": "early-stopped"},
-            pd.concat([epochs, extra]),
+            pd.concat([epochs, extra]).to_dict("records"),
         )
 
         def trial_6():

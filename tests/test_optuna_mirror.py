@@ -148,8 +148,8 @@ def test_updates_are_idempotent(tmp_path):
     row = data.trials.set_index("trial_id").loc["t_00006"].to_dict() | {"trial_id": "t_00006"}
     epochs = data.epochs[data.epochs["trial_id"] == "t_00006"]
     # a resumed trial re-reports epoch 2 (as the recorder may see it before replacing the row)
-    mirror.update(row, pd.concat([epochs, epochs.tail(1)]))
-    mirror.update(row, epochs)
+    mirror.update(row, pd.concat([epochs, epochs.tail(1)]).to_dict("records"))
+    mirror.update(row, epochs.to_dict("records"))
     assert journal.read_bytes() == before
 
 
@@ -164,7 +164,7 @@ def test_a_trial_is_mirrored_epoch_by_epoch_until_it_finishes(tmp_path):
         # each epoch a new mirror: what it knows comes from the storage, not from memory
         OptunaMirror(results, spec).update(
             {**row, "state": state, "stop_reason": "completed" if done == 4 else "running"},
-            epochs.head(done),
+            epochs.head(done).to_dict("records"),
         )
         (trial,) = load(results, "search").trials
         assert trial.intermediate_values == {
@@ -182,10 +182,10 @@ def test_interrupted_trials_stay_running_and_pending_ones_start_when_they_run(tm
     mirror = OptunaMirror(results, {"name": "search", **data.spec})
     mirror.update(
         rows.loc["t_00006"].to_dict() | {"trial_id": "t_00006", "state": "INTERRUPTED"},
-        data.epochs[data.epochs["trial_id"] == "t_00006"],
+        data.epochs[data.epochs["trial_id"] == "t_00006"].to_dict("records"),
     )
     pending = rows.loc["t_00007"].to_dict() | {"trial_id": "t_00007", "state": "RUNNING"}
-    mirror.update(pending, data.epochs.iloc[:0])
+    mirror.update(pending, [])
     mirrored = by_trial_id(load(results, "search"))
     assert mirrored["t_00006"].state == TrialState.RUNNING
     assert mirrored["t_00007"].state == TrialState.RUNNING
@@ -215,7 +215,7 @@ def test_a_value_outside_the_space_names_the_trial(tmp_path):
     data = read_study(results)
     row = data.trials.iloc[0].to_dict() | {"config/optim.lr": 0.5}
     with pytest.raises(MirrorError, match=r"trial g_00000: .*optim.lr.*0.5"):
-        OptunaMirror(results, {"name": "grid", **data.spec}).update(row, data.epochs.iloc[:0])
+        OptunaMirror(results, {"name": "grid", **data.spec}).update(row, [])
 
 
 def test_an_unknown_stop_reason_is_an_error_not_a_guess(tmp_path):
@@ -223,7 +223,7 @@ def test_an_unknown_stop_reason_is_an_error_not_a_guess(tmp_path):
     data = read_study(results)
     row = data.trials.iloc[0].to_dict() | {"stop_reason": "paused"}
     with pytest.raises(MirrorError, match=r"trial g_00000: stop_reason = 'paused'"):
-        OptunaMirror(results, {"name": "grid", **data.spec}).update(row, data.epochs.iloc[:0])
+        OptunaMirror(results, {"name": "grid", **data.spec}).update(row, [])
 
 
 def test_export_optuna_command_prints_how_to_open_it(tmp_path):

@@ -9,11 +9,11 @@ from cifartune.config import flatten
 from cifartune.recorder import WRITE_EVERY_S, StudyRecorder, TrialEvent
 from cifartune.results import (
     TRIALS_FILE,
-    epoch_rows,
+    epoch_records,
     read_study,
     read_table,
     trial_keys,
-    write_table,
+    write_records,
 )
 from cifartune.spec import build_spec, trial_config
 from cifartune.storage import Location
@@ -43,8 +43,8 @@ def _write_epochs(directory, trial_id, epochs):
          "time/epoch_s": 1.0, "time/ended_at": 1e9 + e}
         for e in range(1, epochs + 1)
     ]  # fmt: skip
-    write_table(epoch_rows(history, flat, **trial_keys(trial_id, flat, sample, study="rec")),
-                epochs_path(Location.of(directory), trial_id))  # fmt: skip
+    write_records(epoch_records(history, flat, **trial_keys(trial_id, flat, sample, study="rec")),
+                  epochs_path(Location.of(directory), trial_id))  # fmt: skip
 
 
 class Clock:

@@ -73,6 +73,7 @@ def state_after(history, epoch):
         "epoch": epoch,
         "history": [dict(h) for h in history if h["epoch"] <= epoch],
         "model": {"weight": torch.tensor([float(epoch)])},
+        "precision": "bf16",
     }
 
 
@@ -137,7 +138,7 @@ def test_resume_writes_the_rows_a_crash_after_the_checkpoint_left_out(tmp_path, 
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(trial_store, "write_table", killed)
+    monkeypatch.setattr(trial_store, "write_records", killed)
     with pytest.raises(Killed):
         train(w, history, [metrics(3, top1=40.0)])
     monkeypatch.undo()
@@ -203,10 +204,15 @@ def test_a_trial_without_files_starts_from_scratch(tmp_path):
         ("val/loss", [2.0, 1.5, 1.7, 1.2, math.nan], 4),
     ],
 )
-def test_best_is_the_best_epoch_in_the_metrics_direction(tmp_path, metric, curve, best_epoch):
+# every 5: best.pt is written on its own; every 1: it is the latest checkpoint of its epoch
+# (linked, not written twice), and must keep that epoch when later checkpoints replace latest.pt.
+@pytest.mark.parametrize("every", [5, 1])
+def test_best_is_the_best_epoch_in_the_metrics_direction(
+    tmp_path, metric, curve, best_epoch, every
+):
     mode = build_spec({"name": "s", "metric": metric}).resolved_mode  # as the trainable gets it
     assert mode == ("max" if metric == "val/top1" else "min")
-    w = writer(tmp_path, epochs=5, every=5, metric=metric, mode=mode)
+    w = writer(tmp_path, epochs=5, every=every, metric=metric, mode=mode)
     name = metric.split("/")[1]
     history, kept = [], []
     for epoch, value in enumerate(curve, start=1):
@@ -216,6 +222,7 @@ def test_best_is_the_best_epoch_in_the_metrics_direction(tmp_path, metric, curve
     assert best(tmp_path)["metric"] == curve[best_epoch - 1]
     assert best(tmp_path)["model"]["weight"].item() == best_epoch  # that epoch's model
     assert best(tmp_path)["sample"] == SAMPLE
+    assert best(tmp_path)["precision"] == "bf16"  # scored in the precision it trained in
     assert kept == [1, 2, 2, 4, 4]  # saved whenever it improves, kept otherwise
     assert latest(tmp_path)["best_metric"] == curve[best_epoch - 1]
 
