@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -88,24 +88,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @dataclass
-class Run:
-    """The mutable state of one training run; everything a checkpoint must hold."""
+class Model:
+    """A model on its device with the input pipeline and precision it runs in: what scoring
+    needs, built without an optimizer (a process's first torch optimizer imports
+    torch._dynamo, about 2 s the study driver would pay only to score)."""
 
     config: TrialConfig
     data: DeviceData
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     normalizer: Normalizer
-    augment: Transform
-    generator: torch.Generator
     # `config.precision` resolved on this device; saved with the checkpoint, so the test
     # scoring later runs in the precision the model trained in, whatever device scores it.
     precision: str
-    # The model, or its compiled forward (``config.compile``), for full training batches.
-    train_forward: Callable[[torch.Tensor], torch.Tensor]
-    epoch: int = 0
-    history: list[Metrics] = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -122,6 +116,20 @@ class Run:
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+@dataclass
+class Run(Model):
+    """The mutable state of one training run; everything a checkpoint must hold."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    augment: Transform
+    generator: torch.Generator
+    # The model, or its compiled forward (``config.compile``), for full training batches.
+    train_forward: Callable[[torch.Tensor], torch.Tensor]
+    epoch: int = 0
+    history: list[Metrics] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         """A deep copy: the caller may keep it while training goes on mutating the live tensors.
@@ -202,39 +210,41 @@ def input_size(config: TrialConfig) -> int:
     return config.data.crop_size if "crop" in config.data.augment else 32
 
 
-def build_run(config: TrialConfig, data: DeviceData) -> Run:
-    """Seeded model, optimizer, schedule and transforms for `config` on `data`'s device."""
+def build_model_for(config: TrialConfig, data: DeviceData) -> Model:
+    """The seeded model of `config` on `data`'s device, with its input pipeline."""
     torch.manual_seed(config.seed)
     if data.device.type == "cuda":
         # Deterministic cuDNN algorithms, chosen without timing them: a resumed run must repeat
         # the uninterrupted one bit for bit. Process-wide, like every cuDNN setting.
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    image_size = input_size(config)
-    model = build_model(config.model, image_size=image_size).to(data.device)
+    model = build_model(config.model, image_size=input_size(config)).to(data.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config.optim, model.parameters(), data.device)
+    normalizer = fit_normalizer(
+        data.train_x, config.data.normalize, zca_epsilon=config.data.zca_epsilon
+    )
+    precision = resolve_precision(config.precision, data.device)
+    return Model(config, data, model, normalizer.to(data.device), precision)
+
+
+def build_run(config: TrialConfig, data: DeviceData) -> Run:
+    """Seeded model, optimizer, schedule and transforms for `config` on `data`'s device."""
+    base = build_model_for(config, data)
+    optimizer = build_optimizer(config.optim, base.model.parameters(), data.device)
     steps = math.ceil(len(data.train_y) / config.batch_size)
     scheduler = build_scheduler(
         config.schedule, optimizer, epochs=config.epochs, steps_per_epoch=steps
     )
-    normalizer = fit_normalizer(
-        data.train_x, config.data.normalize, zca_epsilon=config.data.zca_epsilon
-    )
     generator = torch.Generator(device=data.device)
     generator.manual_seed(config.seed)
     return Run(
-        config,
-        data,
-        model,
-        optimizer,
-        scheduler,
-        normalizer.to(data.device),
-        build_augment(config.data),
-        generator,
-        resolve_precision(config.precision, data.device),
-        compiled_forward(model, config.compile, data.device),
+        **{f.name: getattr(base, f.name) for f in fields(Model)},
+        optimizer=optimizer,
+        scheduler=scheduler,
+        augment=build_augment(config.data),
+        generator=generator,
+        train_forward=compiled_forward(base.model, config.compile, data.device),
     )
 
 
@@ -313,7 +323,7 @@ def _finite_and_bounded(loss: torch.Tensor) -> bool:
 
 
 @torch.inference_mode()
-def evaluate(run: Run, images: torch.Tensor, labels: torch.Tensor, prefix: str) -> Metrics:
+def evaluate(run: Model, images: torch.Tensor, labels: torch.Tensor, prefix: str) -> Metrics:
     """Mean loss, top-1 and top-5 (percent) of the model in eval mode, under ``prefix/``."""
     run.model.eval()
     crop = input_size(run.config)
@@ -398,7 +408,7 @@ def score_on_test(config: TrialConfig, data: DeviceData, state: dict[str, Any]) 
     the same training split, so the input pipeline matches the one it was trained with), in
     the precision it trained in (`config`'s, resolved here, for a checkpoint that predates
     that record)."""
-    run = build_run(config, data)
-    run.precision = state.get("precision", run.precision)
-    run.model.load_state_dict(state["model"])
-    return evaluate(run, data.test_x, data.test_y, "test")
+    scored = build_model_for(config, data)
+    scored.precision = state.get("precision", scored.precision)
+    scored.model.load_state_dict(state["model"])
+    return evaluate(scored, data.test_x, data.test_y, "test")

@@ -24,7 +24,7 @@ from .claim import (
 )
 from .cluster import check_trials_fit
 from .config import ConfigError
-from .data import CifarArrays, describe_source, load_arrays, to_device
+from .data import CifarArrays, describe_source, load_arrays
 from .results import (
     EFFECTIVE_PREFIX,
     EPOCHS_DIR,
@@ -208,10 +208,11 @@ def _run_locked(
     atomic_write_text(
         directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
+    # The data first: an unreadable file fails here in a second, not after a Ray start.
+    arrays = load_arrays(trial_config(spec, {}).data)
     init_ray(address, verbose)
     check_results_shared(directory)
     check_trials_fit(spec.resources.cpus, spec.resources.gpus)
-    arrays = load_arrays(trial_config(spec, {}).data)  # after the checks that fail in seconds
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
@@ -312,6 +313,7 @@ def score_best_on_test(
     its best-validation checkpoint (``best.pt``, saved whenever the metric improved). Ranking
     uses the mean over repeats."""
     from .engine import resolve_device, score_on_test
+    from .tuning import trial_data
 
     if spec.test_best == 0:
         return pd.DataFrame()
@@ -330,7 +332,7 @@ def score_best_on_test(
                 continue
             best = load_state(path, device)
             config = trial_config(spec, best["sample"]).model_copy(update={"device": device.type})
-            data = to_device(arrays, config.data, device)
+            data = trial_data(arrays, config)  # once per data split, not once per trial
             rows.append(
                 {
                     "study": spec.name,

@@ -77,7 +77,8 @@ def test_gpu_check_full_mode_runs_on_the_bundled_slice(tmp_path):
     compiled = sections["throughput"]["compile"]
     assert compiled["model"]["img_s"] > 0 and "vs_eager" in compiled["model"]
     assert "CUDA only" in compiled["cudagraphs"]["skipped"]
-    assert {"1", "2", "4", "8"} <= set(sections["packing"])
+    # 1, 2, 4 and 8 processes share a GPU; a CPU packs no more of them than it has cores.
+    assert set(sections["packing"]) >= {str(n) for n in (1, 2, 4, 8) if n <= os.cpu_count()}
 
 
 def test_full_sizes_fit_the_bundled_slice():
