@@ -10,7 +10,6 @@ or the new one, never half of one.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import tempfile
@@ -18,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pyarrow import fs
 
@@ -133,25 +132,15 @@ class Location:
     def open_for_reading(self) -> io.BytesIO:
         return io.BytesIO(self.read_bytes())
 
-    def write_bytes(self, payload: bytes) -> None:
+    def write_bytes(self, payload: bytes | memoryview) -> None:
         """Replace the file whole (see the module docstring)."""
-        with self.open_for_writing() as handle:
-            handle.write(payload)
-
-    @contextlib.contextmanager
-    def open_for_writing(self) -> Iterator[BinaryIO]:
-        """A handle whose bytes replace the file whole when the block ends without an error
-        (see the module docstring); on an error the file stays as it was. Locally the bytes
-        stream to a temporary file (a checkpoint is not copied through memory first)."""
         if not self.local:
             # Put under a hidden temporary key, then move it into place: a process stopped
             # during the put (a SIGTERM unwinding through the stream closes it) leaves a
             # temporary key that readers skip, never a truncated or empty object at `path`.
-            buffer = io.BytesIO()
-            yield buffer
             tmp = f"{self.path.rsplit('/', 1)[0]}/.{self.name}.{uuid.uuid4().hex}.tmp"
-            with self.filesystem.open_output_stream(tmp) as stream:
-                stream.write(buffer.getbuffer())
+            with self.filesystem.open_output_stream(tmp) as handle:
+                handle.write(payload)
             self.filesystem.move(tmp, self.path)
             return
         path = self.local_path
@@ -161,7 +150,7 @@ class Location:
             # mkstemp makes the file 0600; a results directory is shared as the umask allows.
             os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as handle:
-                yield handle
+                handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)

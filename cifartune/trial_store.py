@@ -14,6 +14,7 @@ writes the missing row from the checkpoint's history, so no finished epoch is re
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -45,8 +46,11 @@ def checkpoint_dir(directory: Location, trial_id: str) -> Location:
 
 
 def save_state(state: Mapping[str, Any], path: Path | Location) -> None:
-    with Location.of(path).open_for_writing() as handle:
-        torch.save(dict(state), handle)
+    # Serialized in memory first: a full disk then fails the file write with the OSError the
+    # CLI reports ("No space left on device"), not inside torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    Location.of(path).write_bytes(buffer.getbuffer())
 
 
 def load_state(path: Path | Location, device: torch.device | str = "cpu") -> dict[str, Any]:
