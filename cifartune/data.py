@@ -12,14 +12,16 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from .config import DataConfig
 from .errors import DataError
 from .storage import Location, is_uri
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the command a user starts only
+    import torch  # checks the data and hands the study to its child (see ``supervise``)
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +424,8 @@ def _to_device(
     """`images[index]` (HWC) as one contiguous NCHW uint8 tensor on `device`, and its labels.
     NCHW is made on the host in one fresh array, transferred once (a permute on the device
     would hold the split twice there); the copy also frees it from read-only arrays (Ray's)."""
+    import torch
+
     rows = np.arange(len(images)) if index is None else index
     host = np.empty((len(rows), images.shape[3], images.shape[1], images.shape[2]), np.uint8)
     for at in range(0, len(rows), _CHUNK):

@@ -20,13 +20,15 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
-import torch
 
 from .results import EPOCHS_DIR, epoch_records, write_records
 from .storage import Location
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
@@ -48,6 +50,8 @@ def checkpoint_dir(directory: Location, trial_id: str) -> Location:
 def save_state(state: Mapping[str, Any], path: Path | Location) -> None:
     # Serialized in memory first: a full disk then fails the file write with the OSError the
     # CLI reports ("No space left on device"), not inside torch's zip writer.
+    import torch  # here, not at the top: the command a user starts imports no torch (supervise)
+
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
     Location.of(path).write_bytes(buffer.getbuffer())
@@ -55,6 +59,8 @@ def save_state(state: Mapping[str, Any], path: Path | Location) -> None:
 
 def load_state(path: Path | Location, device: torch.device | str = "cpu") -> dict[str, Any]:
     # Our own files: model/optimizer tensors plus plain Python metadata and RNG byte tensors.
+    import torch
+
     payload = Location.of(path).open_for_reading()
     state: dict[str, Any] = torch.load(payload, map_location=device, weights_only=False)
     return state
