@@ -60,7 +60,7 @@ def epoch_records(
     return [{**keys, "epoch": m["epoch"], **m, **config} for m in history]
 
 
-def write_records(records: list[Mapping[str, Any]], path: Path | Location) -> None:
+def write_records(records: Sequence[Mapping[str, Any]], path: Path | Location) -> None:
     """Write rows (dicts; a key missing from a row is null there) as one Parquet file,
     atomically, with ``time/ended_at`` as a UTC timestamp. Built with pyarrow alone: a trial
     writes its epoch file once per epoch, and a pandas frame per write cost more than a small

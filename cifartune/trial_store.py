@@ -18,7 +18,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -230,7 +230,7 @@ class TrialWriter:
             return []
         return list(pq.read_table(path.open_for_reading()).to_pylist())
 
-    def _rows(self, history: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def _rows(self, history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return epoch_records(history, self.flat, **self.keys)
 
     def _write_rows(self) -> None:
