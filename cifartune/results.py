@@ -83,7 +83,7 @@ _UTC_NS = pa.timestamp("ns", tz="UTC")
 
 def _nanoseconds(value: Any) -> int | None:
     """Unix seconds as measured, or a timestamp read back from a file, as ns since the epoch."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return None
     if isinstance(value, datetime):
         return int(pd.Timestamp(value).value)
@@ -218,10 +218,14 @@ def metric_value(value: Any) -> float:
         return math.nan
 
 
+def _missing(value: Any) -> bool:
+    """Whether a row's value is missing: None (pyarrow's null), or NaN (a pandas frame's)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _flag(value: Any) -> bool:
-    """A boolean column's value; missing (None, or NaN in a frame) is False."""
-    missing = value is None or (isinstance(value, float) and math.isnan(value))
-    return not missing and bool(value)
+    """A boolean column's value; missing is False."""
+    return not _missing(value) and bool(value)
 
 
 def summarize_epochs(

@@ -22,9 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
-
-from .results import EPOCHS_DIR, epoch_records, write_records
+from .results import EPOCHS_DIR, epoch_records, read_records, write_records
 from .storage import Location
 
 if TYPE_CHECKING:
@@ -228,7 +226,7 @@ class TrialWriter:
         path = epochs_path(self.directory, self.trial_id)
         if not path.is_file():
             return []
-        return list(pq.read_table(path.open_for_reading()).to_pylist())
+        return read_records(path)
 
     def _rows(self, history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return epoch_records(history, self.flat, **self.keys)
