@@ -169,3 +169,20 @@ def test_the_report_says_what_really_ran(tmp_path):
     study = fabricate_study(tmp_path, {"name": "ran", **SPEC}, CURVES)
     table = overview(read_study(study)).set_index("property")["value"]
     assert "precision bf16" in table["what ran"]
+
+
+def test_rows_of_an_older_file_missing_a_column_read_as_missing_not_as_true(tmp_path):
+    # Epoch files of several versions read as one frame: a column one of them lacks is NaN in
+    # its rows (pandas), None in a file written without it (pyarrow). Neither is a divergence,
+    # nor an end time.
+    from cifartune.results import read_records, summarize_epochs, write_records
+
+    frame = pd.DataFrame({"epoch": [1, 2], "val/top1": [10.0, 20.0], "diverged": [None, None]})
+    frame["diverged"] = frame["diverged"].astype(float)  # NaN, as a concatenation leaves it
+    rows = frame.to_dict("records")
+    summary = summarize_epochs(rows, "val/top1", "max", 2, "TERMINATED")
+    assert summary["stop_reason"] == "completed" and summary["best_epoch"] == 2
+    path = tmp_path / "e.parquet"
+    write_records([{"epoch": 1, "time/ended_at": 1.7e9}, {"epoch": 2, "time/ended_at": None}], path)
+    ended = [row["time/ended_at"] for row in read_records(path)]
+    assert ended[0].timestamp() == 1.7e9 and ended[1] is None

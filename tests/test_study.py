@@ -154,3 +154,24 @@ def test_a_study_whose_every_trial_failed_fails_without_retrying_them(tmp_path):
     assert rerun.returncode == 1, rerun.stderr
     trials = read_study(tmp_path / "r" / "tiny").trials
     assert set(trials["stop_reason"]) == {"error"} and (trials["epochs_run"] == 0).all()
+
+
+def test_the_command_a_user_starts_imports_no_torch():
+    # It checks the spec and the data and hands the study to its supervised child, which
+    # imports torch itself: a torch import here (1.7 s) would delay every run and resume.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cifartune import study_commands, cli\n"
+        "from cifartune.data import describe_source\n"
+        "from cifartune.results import STUDY_FILE\n"
+        "from cifartune.signals import stop_on_signals\n"
+        "from cifartune.spec import data_probes, load_spec, trial_config\n"
+        "from cifartune.study import run_study, study_directory\n"
+        "from cifartune.supervise import run_supervised\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -173,6 +173,22 @@ def test_resume_drops_rows_beyond_the_checkpoint(tmp_path):
     assert rows(tmp_path).iloc[2]["val/top1"] == 50.0
 
 
+def test_resume_keeps_the_stored_rows_a_checkpoint_cannot_rebuild(tmp_path):
+    # A checkpoint of an older version holds no `ran` (pid, node, end time per epoch): only
+    # the epoch file still has them, and a resume must keep them, not rebuild the rows bare.
+    w = writer(tmp_path, epochs=5, every=1)
+    train(w, [], [metrics(1), metrics(2)])
+    before = rows(tmp_path)
+    path = checkpoint_dir(Location.of(tmp_path), "t_1") / LATEST
+    old = load_state(path)
+    del old["ran"]
+    save_state(old, path)
+    assert writer(tmp_path, epochs=5, every=1, pid=456).resume()["epoch"] == 2
+    after = rows(tmp_path)
+    assert after["pid"].tolist() == [123, 123]
+    pd.testing.assert_frame_equal(after[before.columns], before)
+
+
 def test_resume_keeps_the_best_so_far_from_the_checkpoint(tmp_path):
     w = writer(tmp_path, epochs=4, every=1)
     history = []
