@@ -184,7 +184,10 @@ def test_dashboard_on_a_running_study(tmp_path):
     spec = write_spec(
         tmp_path,
         name="live",
-        base={**TINY_BASE, "epochs": 40},  # long enough to still run once the page is read
+        # Long enough to still run once the page is read, however fast the machine: 40 epochs
+        # of a tiny trial took 6 s once trials got cheaper, and trial 0 had finished by then.
+        # The study is interrupted below, so the test does not wait for these epochs.
+        base={**TINY_BASE, "epochs": 2000},
         space={"optim.lr": [0.05, 0.01]},
         resources={"cpus": 1, "max_concurrent": 1},
     )
