@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,29 @@ def is_uri(text: str) -> bool:
     return "://" in text
 
 
+# Below S3's smallest multipart part, so pyarrow, whose part is larger, sends a payload this
+# size as one PutObject when the stream opens lazily (allow_delayed_open): 1 request, not the
+# 6 of a multipart upload to a temporary key moved into place.
+SINGLE_PUT_BYTES = 5 * 2**20
+
+
+def _one_put_is_safe(payload: bytes | memoryview) -> bool:
+    """Whether `payload` can go straight to its key: sent as one PutObject (the stream opens
+    lazily and holds less than a part), it is stored whole or not at all, except that an
+    exception between opening the stream and writing to it would close it empty. Python raises
+    those (KeyboardInterrupt from a signal) only in the main thread; a trial writes from its
+    own thread, and an empty payload has nothing to lose."""
+    small = len(payload) < SINGLE_PUT_BYTES
+    return small and (not len(payload) or threading.current_thread() is not threading.main_thread())
+
+
+def _with_delayed_open(uri: str) -> str:
+    """An s3:// URI whose filesystem opens output streams lazily (unless the URI says)."""
+    if not uri.startswith("s3://") or "allow_delayed_open=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}allow_delayed_open=true"
+
+
 @dataclass(frozen=True)
 class Location:
     """A file or directory on a local disk or in an object store."""
@@ -51,7 +75,7 @@ class Location:
         if not is_uri(text):
             local = Path(text).expanduser().resolve()
             return cls(fs.LocalFileSystem(), str(local), "")
-        filesystem, path = fs.FileSystem.from_uri(text)
+        filesystem, path = fs.FileSystem.from_uri(_with_delayed_open(text))
         return cls(filesystem, path.rstrip("/"), text.split("://", 1)[0])
 
     @property
@@ -134,10 +158,15 @@ class Location:
 
     def write_bytes(self, payload: bytes | memoryview) -> None:
         """Replace the file whole (see the module docstring)."""
+        if not self.local and _one_put_is_safe(payload):
+            with self.filesystem.open_output_stream(self.path) as handle:
+                handle.write(payload)
+            return
         if not self.local:
-            # Put under a hidden temporary key, then move it into place: a process stopped
-            # during the put (a SIGTERM unwinding through the stream closes it) leaves a
-            # temporary key that readers skip, never a truncated or empty object at `path`.
+            # A multipart upload: put under a hidden temporary key, then move it into place.
+            # A process stopped during the upload (a SIGTERM unwinding through the stream
+            # completes it with the parts so far) leaves a temporary key that readers skip,
+            # never a truncated object at `path`.
             tmp = f"{self.path.rsplit('/', 1)[0]}/.{self.name}.{uuid.uuid4().hex}.tmp"
             with self.filesystem.open_output_stream(tmp) as handle:
                 handle.write(payload)
@@ -191,3 +220,81 @@ class Location:
     def move_to(self, target: Location) -> None:
         target.parent.mkdir()
         self.filesystem.move(self.path, target.path)
+
+    def for_ray(self) -> tuple[str, Any]:
+        """(path, filesystem) to give Ray as its storage for this location: on a local disk the
+        path alone; in an object store, the store without folder markers (below)."""
+        if self.local:
+            return self.path, None
+        return self.path, fs.PyFileSystem(WithoutFolderMarkers(self.filesystem))
+
+
+class WithoutFolderMarkers(fs.FileSystemHandler):
+    """An object store whose ``create_dir`` writes nothing.
+
+    pyarrow puts an empty ``folder/`` object for every folder it is asked to create, and Ray
+    creates every trial's folder anew at each experiment snapshot (an upload of its staging
+    directory): a request per trial per snapshot, so requests per event grew with the study.
+    An object store needs no folders (a key's prefix is one), and Ray writes only files there,
+    so dropping the markers loses nothing. Everything else goes to `filesystem` unchanged.
+    """
+
+    def __init__(self, filesystem: Any):
+        self.filesystem = filesystem
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WithoutFolderMarkers) and self.filesystem.equals(other.filesystem)
+
+    def __hash__(self) -> int:
+        return hash(self.filesystem.type_name)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Ray pickles its storage context to the trials
+        return (WithoutFolderMarkers, (self.filesystem,))
+
+    def get_type_name(self) -> str:
+        return f"{self.filesystem.type_name}-without-folder-markers"
+
+    def equals(self, other: Any) -> bool:
+        return self == other
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        pass
+
+    def get_file_info(self, paths: list[str]) -> list[Any]:
+        return list(self.filesystem.get_file_info(paths))
+
+    def get_file_info_selector(self, selector: Any) -> list[Any]:
+        return list(self.filesystem.get_file_info(selector))
+
+    def delete_dir(self, path: str) -> None:
+        self.filesystem.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.filesystem.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        self.filesystem.delete_dir_contents("/", accept_root_dir=True)
+
+    def delete_file(self, path: str) -> None:
+        self.filesystem.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.filesystem.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.filesystem.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self.filesystem.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> Any:
+        return self.filesystem.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        return self.filesystem.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata: Any) -> Any:
+        return self.filesystem.open_append_stream(path, metadata=metadata)
+
+    def normalize_path(self, path: str) -> str:
+        return str(self.filesystem.normalize_path(path))

@@ -217,14 +217,15 @@ def _run_locked(
         tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
-    ray_dir = directory / RAY_DIR
-    if previous is not None and tune.Tuner.can_restore(ray_dir.uri):
+    ray_path, ray_filesystem = (directory / RAY_DIR).for_ray()
+    if previous is not None and tune.Tuner.can_restore(ray_path, ray_filesystem):
         if restart_errored:
             for trial_id in _errored_trials(directory):
                 discard_trial_files(directory, trial_id)
         tuner = tune.Tuner.restore(
-            ray_dir.uri,
+            ray_path,
             trainable,
+            storage_filesystem=ray_filesystem,
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=restart_errored,
@@ -249,7 +250,8 @@ def _run_locked(
             ),
             run_config=tune.RunConfig(
                 name=RAY_DIR,
-                storage_path=directory.uri,
+                storage_path=directory.for_ray()[0],
+                storage_filesystem=ray_filesystem,
                 callbacks=[StudyCallback(directory, spec, metadata.data["optuna_storage"])],
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
                 verbose=0,
