@@ -1,7 +1,8 @@
 """Tidy Parquet results: one row per trial-epoch, ``config/*`` columns beside the metrics.
 
 Files are replaced whole (see :mod:`cifartune.storage`: a local directory or an object store),
-so a reader never sees a half-written file and a crash loses at most the epoch in flight.
+so a reader never sees a half-written file and a crash loses at most the epochs in flight
+(see :mod:`cifartune.trial_store`).
 Readers need only pandas/pyarrow.
 """
 

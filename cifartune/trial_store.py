@@ -10,16 +10,28 @@ Nothing here depends on Ray's own checkpoints, which a resumed experiment can na
 a crash between the two leaves a checkpoint one epoch ahead of the rows, and the resumed trial
 writes the missing row from the checkpoint's history, so no finished epoch is recomputed
 (with ``checkpoint.every: 1``) and none is stored twice.
+
+Except where the trial surely goes on: there a background thread writes both, in that order,
+while the next epoch trains, so a synced 5-10 MB file is not on the trial's critical path. The
+next epoch's files wait for it, and so does the trial's end. A crash during that write loses the
+epoch's files, as a crash during the epoch would; the driver may read the epoch's row a moment
+after Ray told it of the epoch, and reads it at the trial's next event. An epoch after which
+the scheduler may stop the trial (ASHA's rungs), the last epoch, and the first after a resume
+are written before ``record`` returns: Ray ends a stopped trial's process at the end of a study
+without waiting for its threads, and files in flight would be lost.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .results import EPOCHS_DIR, epoch_records, read_records, write_records
@@ -143,7 +155,10 @@ class TrialWriter:
 
     `sample` identifies the trial's configuration: a checkpoint saved under another sample
     (Ray can hand a trial id that a lost snapshot never saw to a new configuration) is not
-    resumed from but discarded.
+    resumed from but discarded. `stops_at` holds the epochs after which the scheduler may end
+    the trial early; checkpoints of the other epochs are written in the background (see the
+    module docstring); None: any epoch, so all are written before `record` returns. Use the
+    writer as a context manager around the training: leaving it waits for the last write.
     """
 
     def __init__(
@@ -158,6 +173,7 @@ class TrialWriter:
         mode: str,
         every: int,
         extras: Mapping[str, Any],
+        stops_at: Collection[int] | None = None,
     ):
         self.directory, self.trial_id = directory, trial_id
         self.sample = dict(sample)
@@ -167,6 +183,30 @@ class TrialWriter:
         self.rows: list[dict[str, Any]] = []  # as written to the epoch file, by epoch
         self.best: float | None = None
         self.ran: dict[int, dict[str, Any]] = {}  # epoch -> pid, node and end time
+        self.stops_at = None if stops_at is None else frozenset(stops_at)
+        self.resumed = False
+        self.recorded = 0  # epochs recorded by this writer
+        self._background: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> TrialWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._finish_pending()
+        except Exception:
+            if error is None:
+                raise
+            log.exception("trial %s: a checkpoint write failed too", self.trial_id)
+        finally:
+            if self._background is not None:
+                self._background.shutdown()
 
     def resume(self) -> dict[str, Any] | None:
         """The latest checkpoint of this trial, with the rows and best value made to agree
@@ -192,10 +232,12 @@ class TrialWriter:
         self.rows = sorted(kept + self._rows(missing), key=lambda row: row["epoch"])
         self.best = state.get("best_metric")
         self._write_rows()
+        self.resumed = True
         return state
 
     def record(self, metrics: Mapping[str, Any], state: Callable[[], dict[str, Any]]) -> None:
-        """One finished epoch: checkpoints (when due), then its row."""
+        """One finished epoch: checkpoints (when due), then its row; where the trial surely goes
+        on, in the background (see the module docstring)."""
         epoch = int(metrics["epoch"])
         value = metrics.get(self.metric)
         improved = better(value, self.best, self.mode)
@@ -206,21 +248,56 @@ class TrialWriter:
         # Where and when the epoch ran: kept in the checkpoint too, so a row rebuilt from it
         # (see resume) is the row this process would have written.
         self.ran[epoch] = {**self.extras, "time/ended_at": time.time()}
+        self._finish_pending()  # the previous epoch's files first: one write in flight
+        first, self.recorded = self.recorded == 0, self.recorded + 1
+        # state() is a copy: a background write may run while training goes on.
+        full = None
         if improved or due:
-            full = {**state(), "sample": self.sample, "best_metric": self.best, "ran": self.ran}
-            # best.pt: what scoring reads (epoch, metric, model, sample, precision). When the
-            # latest checkpoint is due too it is that file, linked rather than written twice.
-            best = {**full, "metric": self.best} if improved else None
-            if due:
-                save_state(best or full, self.folder / LATEST)
-                if best is not None:
-                    (self.folder / LATEST).link_to(self.folder / BEST)
-            elif best is not None:
-                keep = ("epoch", "metric", "model", "sample", "precision")
-                save_state({k: best[k] for k in keep if k in best}, self.folder / BEST)
+            full = {
+                **state(),
+                "sample": self.sample,
+                "best_metric": self.best,
+                "ran": dict(self.ran),
+            }
         row = self._rows([{**metrics, **self.ran[epoch]}])
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + row
-        self._write_rows()
+        write = functools.partial(self._write_epoch, full, improved, due, list(self.rows))
+        if not self._goes_on_after(epoch, last, first):
+            write()
+            return
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="cifartune-writer")
+        self._pending = self._background.submit(write)
+
+    def _goes_on_after(self, epoch: int, last: bool, first: bool) -> bool:
+        """Whether nothing can end the trial after `epoch` but a crash or an interrupt."""
+        if last or self.stops_at is None or epoch in self.stops_at:
+            return False
+        # A resumed trial's first epoch: a scheduler restored with the experiment may not know
+        # the rungs this trial passed, and decide at whatever epoch it reports first.
+        return not (self.resumed and first)
+
+    def _write_epoch(
+        self, full: dict[str, Any] | None, improved: bool, due: bool, rows: list[dict[str, Any]]
+    ) -> None:
+        """An epoch's checkpoints (`full` when any is written), then the rows up to it."""
+        # best.pt: what scoring reads (epoch, metric, model, sample, precision). When the
+        # latest checkpoint is due too it is that file, linked rather than written twice.
+        best = {**full, "metric": full["best_metric"]} if full is not None and improved else None
+        if full is not None and due:
+            save_state(best or full, self.folder / LATEST)
+            if best is not None:
+                (self.folder / LATEST).link_to(self.folder / BEST)
+        elif best is not None:
+            keep = ("epoch", "metric", "model", "sample", "precision")
+            save_state({k: best[k] for k in keep if k in best}, self.folder / BEST)
+        write_records(rows, epochs_path(self.directory, self.trial_id))
+
+    def _finish_pending(self) -> None:
+        """Wait for the checkpoint write in flight, raising its error (a full disk) here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _stored_rows(self) -> list[dict[str, Any]]:
         path = epochs_path(self.directory, self.trial_id)

@@ -51,6 +51,8 @@ from .spec import (
     CategoricalDistribution,
     FloatDistribution,
     StudySpec,
+    asha_rungs,
+    max_epochs,
     trial_config,
 )
 from .storage import Location
@@ -116,6 +118,14 @@ def scheduler(spec: StudySpec) -> TrialScheduler:
     return FIFOScheduler()
 
 
+def scheduler_stops(spec: StudySpec) -> frozenset[int]:
+    """Epochs after which the scheduler may end a trial before its last: ASHA's rungs and its
+    max_t (below the trial's epochs when ``scheduler.max_epochs`` says so); FIFO: none."""
+    if spec.scheduler.name == "asha":
+        return frozenset([*asha_rungs(spec), max_epochs(spec)])
+    return frozenset()
+
+
 def _ray_safe(metrics: Metrics, metric: str, mode: str) -> Metrics:
     """A non-finite selection metric (a diverged trial's loss) becomes the worst possible value,
     so ASHA ranks it last and Optuna records a bad trial instead of failing it on NaN."""
@@ -170,6 +180,7 @@ def train_trial(
             metric=spec.metric,
             mode=spec.resolved_mode,
             every=spec.checkpoint.every,
+            stops_at=scheduler_stops(spec),
             extras={
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(),
@@ -185,7 +196,8 @@ def train_trial(
             tune.report(_ray_safe(metrics, spec.metric, spec.resolved_mode))
             reported = True
 
-        result = fit(config, data, report=report, resume=writer.resume())
+        with writer:
+            result = fit(config, data, report=report, resume=writer.resume())
     except CifartuneError as exc:
         log.error("trial %s cannot run: %s", trial_id, exc)
         record_failure(location, trial_id, f"{type(exc).__name__}: {exc}")

@@ -31,7 +31,10 @@ from .helpers import quick_config
 SAMPLE = {"optim.lr": 0.05}
 
 
-def writer(tmp_path, *, epochs=5, every=1, metric="val/top1", mode="max", sample=SAMPLE, pid=123):
+def writer(
+    tmp_path, *, epochs=5, every=1, metric="val/top1", mode="max", sample=SAMPLE, pid=123,
+    stops_at=None,
+):  # fmt: skip
     """A TrialWriter for trial t_1 of a study in `tmp_path`, as the trainable builds it."""
     flat = flatten(quick_config(epochs=epochs, optim__lr=0.05))
     return TrialWriter(
@@ -44,6 +47,7 @@ def writer(tmp_path, *, epochs=5, every=1, metric="val/top1", mode="max", sample
         mode=mode,
         every=every,
         extras={"node_id": "n1", "pid": pid},
+        stops_at=stops_at,
     )
 
 
