@@ -10,8 +10,10 @@ trainable that only sleeps for cifartune's measured epoch times and reports. The
 cifartune study on an S3 server on loopback (moto), counting the requests the server answered.
 
 Printed and written to ``DIR/overhead.json``, per run: wall seconds, trials per minute,
-per-trial overhead (wall minus the epochs' own time, per trial per slot), driver seconds per
-event (time in cifartune's Ray callback, per callback call) and, on S3, requests per event.
+per-trial overhead (wall minus the epochs' own time, per trial per slot), its marginal value
+(the same between this size and the last smaller one: without the study's fixed start and end),
+driver seconds per event (time in cifartune's Ray callback, per callback call) and, on S3,
+requests per event.
 """
 
 from __future__ import annotations
@@ -140,6 +142,14 @@ def summarize(run: dict[str, Any], trials: int, slots: int) -> dict[str, Any]:
     return out
 
 
+def marginal(smaller: dict[str, Any], larger: dict[str, Any], slots: int) -> float:
+    """Overhead per trial per slot between two sizes of one kind of run: what one more trial
+    costs, once the study's start (Ray's, the trial processes' imports) and end are paid."""
+    wall = larger["wall_s"] - smaller["wall_s"]
+    training = (larger["training_s"] - smaller["training_s"]) / slots
+    return (wall - training) / (larger["trials"] - smaller["trials"]) * slots
+
+
 class S3Server:
     """moto's S3 server on loopback; it logs one line per request it answers."""
 
@@ -195,12 +205,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(kind: str, run: dict[str, Any], trials: int) -> None:
         row = {"kind": kind, **summarize(run, trials, args.slots)}
+        smaller = [r for r in results if r["kind"] == kind]
+        if smaller:  # the slope from the last smaller size: per trial, without fixed costs
+            row["marginal_overhead_per_trial_s"] = marginal(smaller[-1], row, args.slots)
         results.append(row)
         line = (
             f"{kind:<16} N={trials:<4} wall {row['wall_s']:7.1f} s  "
             f"{row['trials_per_min']:6.1f} trials/min  overhead {row['overhead_per_trial_s']:.3f} "
             "s/trial/slot"
         )
+        if "marginal_overhead_per_trial_s" in row:
+            line += f" (marginal {row['marginal_overhead_per_trial_s']:.3f})"
         if "driver_s_per_event" in row:
             line += f"  driver {1000 * row['driver_s_per_event']:.2f} ms/event ({row['events']})"
         if "requests_per_event" in row:
