@@ -2,8 +2,9 @@
 trials' own epoch files (written by the trials, see :mod:`cifartune.trial_store`).
 
 Work per event does not grow with the study: an event re-summarizes the one trial it is about
-(plus any trial whose Ray state changed, a dictionary lookup per trial to notice), and the table
-is rewritten at most every ``WRITE_EVERY_S`` seconds (and when the experiment ends). Nothing a
+(plus, when the table is due to be written, any trial whose Ray state changed: a dictionary
+lookup per trial to notice), and the table is rewritten at most every ``WRITE_EVERY_S`` seconds
+(and when the experiment ends). Nothing a
 resume needs waits for that write: a finished trial is marked at once in ``finished/`` (one
 empty file), a trial that failed for good has its ``failed.txt``, and the epoch files are the
 truth of its progress (:func:`cifartune.results.read_study` re-summarizes every trial from
@@ -130,6 +131,10 @@ class StudyRecorder:
         self._finished.add(trial_id)
         record_finished(self.directory, trial_id)
 
+    def write_due(self) -> bool:
+        """Whether a change now would rewrite the table (see ``WRITE_EVERY_S``)."""
+        return self.clock() - self._written_at >= WRITE_EVERY_S
+
     def needs_update(self, trial_id: str, ray_state: str) -> bool:
         """Whether Ray's state of the trial changed since the last update."""
         return self._ray_states.get(trial_id) != ray_state
@@ -148,7 +153,7 @@ class StudyRecorder:
             self._rows[event.trial_id] = row
             changed.append(row)
         self._dirty |= bool(changed)
-        if self._dirty and self.clock() - self._written_at >= WRITE_EVERY_S:
+        if self._dirty and self.write_due():
             self.flush()
         return changed
 

@@ -306,15 +306,17 @@ class StudyCallback(tune.Callback):
         set_aside_orphans(self.directory, {t.trial_id for t in trials})
 
     def _sync(self, trials: list[Trial], touched: Trial | None = None) -> None:
-        """The trial table, for the trial the event is about and any trial whose state changed
-        (noticing that is a dictionary lookup per trial, nothing more); the mirror follows
-        whenever the table is written (at most every few seconds: each Optuna journal write is
-        a synced disk write, several per epoch otherwise)."""
+        """The trial table, for the trial the event is about and, when the table is due to be
+        written, any trial whose state changed (a dictionary lookup per trial: per event, that
+        would grow with the study; each change Ray makes to a running trial has an event of its
+        own); the mirror follows whenever the table is written (at most every few seconds: each
+        Optuna journal write is a synced disk write, several per epoch otherwise)."""
         recorder = self._recorder
         touched_id = touched.trial_id if touched is not None else None
+        candidates = trials if touched is None or recorder.write_due() else [touched]
         events = [
             TrialEvent(t.trial_id, t.status, t.config, functools.partial(_error_text, t))
-            for t in trials
+            for t in candidates
             if t.trial_id == touched_id or recorder.needs_update(t.trial_id, t.status)
         ]
         writes = recorder.writes

@@ -166,10 +166,16 @@ def test_the_callback_mirrors_only_the_trial_an_event_is_about(tmp_path, n):
     callback._sync(trials)
     assert len(updates) == n  # every trial appears once
     updates.clear()
+    looked_at = []  # the trials whose Ray state the event looks at
+    needs_update = callback.recorder.needs_update
+    callback.recorder.needs_update = lambda trial_id, state: (
+        looked_at.append(trial_id) or needs_update(trial_id, state)
+    )
     _write_epochs(tmp_path, "t1", 2)
     callback.on_trial_result(0, trials, trials[1], {"epoch": 2, "val/top1": 12.0, "val/loss": 2.0,
                                                     "time/epoch_s": 1.0})  # fmt: skip
     assert updates == []  # within the table's write interval: the mirror follows it
+    assert looked_at == []  # nor does an event look at every trial's state (n of them)
     callback.on_experiment_end(trials)
     assert updates == ["t1"]
     study = callback.mirror.study
