@@ -217,7 +217,8 @@ def _run_locked(
         tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
-    ray_path, ray_filesystem = (directory / RAY_DIR).for_ray()
+    storage_path, ray_filesystem = directory.for_ray()
+    ray_path = f"{storage_path}/{RAY_DIR}"
     if previous is not None and tune.Tuner.can_restore(ray_path, ray_filesystem):
         if restart_errored:
             for trial_id in _errored_trials(directory):
@@ -250,7 +251,7 @@ def _run_locked(
             ),
             run_config=tune.RunConfig(
                 name=RAY_DIR,
-                storage_path=directory.for_ray()[0],
+                storage_path=storage_path,
                 storage_filesystem=ray_filesystem,
                 callbacks=[StudyCallback(directory, spec, metadata.data["optuna_storage"])],
                 failure_config=tune.FailureConfig(max_failures=spec.retries),

@@ -184,8 +184,7 @@ class TrialWriter:
         self.best: float | None = None
         self.ran: dict[int, dict[str, Any]] = {}  # epoch -> pid, node and end time
         self.stops_at = None if stops_at is None else frozenset(stops_at)
-        self.resumed = False
-        self.recorded = 0  # epochs recorded by this writer
+        self.just_resumed = False  # resumed, and no epoch recorded since
         self._background: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
 
@@ -203,7 +202,7 @@ class TrialWriter:
         except Exception:
             if error is None:
                 raise
-            log.exception("trial %s: a checkpoint write failed too", self.trial_id)
+            log.exception("trial %s: writing an epoch's files failed too", self.trial_id)
         finally:
             if self._background is not None:
                 self._background.shutdown()
@@ -231,8 +230,8 @@ class TrialWriter:
         ]
         self.rows = sorted(kept + self._rows(missing), key=lambda row: row["epoch"])
         self.best = state.get("best_metric")
-        self._write_rows()
-        self.resumed = True
+        self._write_rows(self.rows)
+        self.just_resumed = True
         return state
 
     def record(self, metrics: Mapping[str, Any], state: Callable[[], dict[str, Any]]) -> None:
@@ -249,7 +248,7 @@ class TrialWriter:
         # (see resume) is the row this process would have written.
         self.ran[epoch] = {**self.extras, "time/ended_at": time.time()}
         self._finish_pending()  # the previous epoch's files first: one write in flight
-        first, self.recorded = self.recorded == 0, self.recorded + 1
+        first_after_resume, self.just_resumed = self.just_resumed, False
         # state() is a copy: a background write may run while training goes on.
         full = None
         if improved or due:
@@ -262,20 +261,20 @@ class TrialWriter:
         row = self._rows([{**metrics, **self.ran[epoch]}])
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + row
         write = functools.partial(self._write_epoch, full, improved, due, list(self.rows))
-        if not self._goes_on_after(epoch, last, first):
+        if not self._goes_on_after(epoch, last, first_after_resume):
             write()
             return
         if self._background is None:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="cifartune-writer")
         self._pending = self._background.submit(write)
 
-    def _goes_on_after(self, epoch: int, last: bool, first: bool) -> bool:
+    def _goes_on_after(self, epoch: int, last: bool, first_after_resume: bool) -> bool:
         """Whether nothing can end the trial after `epoch` but a crash or an interrupt."""
         if last or self.stops_at is None or epoch in self.stops_at:
             return False
         # A resumed trial's first epoch: a scheduler restored with the experiment may not know
         # the rungs this trial passed, and decide at whatever epoch it reports first.
-        return not (self.resumed and first)
+        return not first_after_resume
 
     def _write_epoch(
         self, full: dict[str, Any] | None, improved: bool, due: bool, rows: list[dict[str, Any]]
@@ -291,10 +290,10 @@ class TrialWriter:
         elif best is not None:
             keep = ("epoch", "metric", "model", "sample", "precision")
             save_state({k: best[k] for k in keep if k in best}, self.folder / BEST)
-        write_records(rows, epochs_path(self.directory, self.trial_id))
+        self._write_rows(rows)
 
     def _finish_pending(self) -> None:
-        """Wait for the checkpoint write in flight, raising its error (a full disk) here."""
+        """Wait for the epoch's files in flight, raising their write's error (a full disk)."""
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
@@ -308,6 +307,6 @@ class TrialWriter:
     def _rows(self, history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return epoch_records(history, self.flat, **self.keys)
 
-    def _write_rows(self) -> None:
-        if self.rows:
-            write_records(self.rows, epochs_path(self.directory, self.trial_id))
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            write_records(rows, epochs_path(self.directory, self.trial_id))

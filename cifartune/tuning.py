@@ -111,7 +111,7 @@ def scheduler(spec: StudySpec) -> TrialScheduler:
         # starts a new Ray iteration count, but its epochs go on.
         return ASHAScheduler(
             time_attr="epoch",
-            max_t=sched.max_epochs or trial_config(spec, {}).epochs,
+            max_t=max_epochs(spec),
             grace_period=sched.grace_period,
             reduction_factor=sched.reduction_factor,
         )
