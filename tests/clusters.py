@@ -3,10 +3,12 @@ stopped at its end: an S3 API server (moto) and a two-node Ray cluster. Each Ray
 seconds, so the tests share them."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -121,21 +123,33 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @contextmanager
+def ray_head(*args: str) -> Iterator[subprocess.Popen]:
+    """`ray start --head ARGS` in a temporary directory of its own: its `ray_current_cluster`
+    registration, sessions and sockets go there (worker nodes take the head's), and are removed
+    with it once the head is stopped, so nothing points a later `ray.init()` at a dead head."""
+    # Short: Ray's socket paths under it must fit a Unix socket's 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="rc")
+    head = _start(["--head", "--temp-dir", temp_dir, *args])
+    try:
+        yield head
+    finally:
+        _stop(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextmanager
 def two_node_cluster() -> Iterator[Cluster]:
     """A head and a worker node, 1 CPU each."""
     address = f"127.0.0.1:{_free_port()}"
     port = address.rsplit(":", 1)[1]
-    head = _start(["--head", "--port", port, "--num-cpus", "1", "--include-dashboard", "false"])
-    worker = None
-    try:
+    with ray_head("--port", port, "--num-cpus", "1", "--include-dashboard", "false"):
         _wait(lambda: _alive_nodes(address) == 1, "the head did not come up")
         worker = _start(["--address", address, "--num-cpus", "1"])
-        _wait(lambda: _alive_nodes(address) == 2, "the worker node did not join")
-        yield Cluster(address)
-    finally:
-        for process in (worker, head):
-            if process is not None:
-                _stop(process)
+        try:
+            _wait(lambda: _alive_nodes(address) == 2, "the worker node did not join")
+            yield Cluster(address)
+        finally:
+            _stop(worker)
 
 
 def _wait(predicate: Callable[[], bool], failure: str, timeout: float = 120) -> None:

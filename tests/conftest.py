@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -64,8 +66,33 @@ def _run_study(root: Path, **fields: Any) -> Path:
     return root / "r" / fields["name"]
 
 
+# Where the libraries the suite drives keep their files: Ray's sessions, sockets and its
+# `ray_current_cluster` registration; torch.compile's caches.
+LIBRARY_TEMP_DIRS = ("RAY_TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def library_temp_dirs() -> Iterator[Path]:
+    """One temporary directory for every file the libraries write outside a test's own
+    directories (every Ray runtime the suite starts, compiled kernels), removed at the end:
+    nothing of the suite's is left in the machine's /tmp/ray or caches."""
+    root = Path(tempfile.mkdtemp(prefix="rt"))  # short: Ray's socket paths fit in 107 bytes
+    saved = {name: os.environ.get(name) for name in LIBRARY_TEMP_DIRS}
+    os.environ.update({name: str(root / name.lower()) for name in LIBRARY_TEMP_DIRS})
+    os.environ["RAY_TMPDIR"] = str(root)
+    try:
+        yield root
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[Cluster]:
+def ray_cluster(library_temp_dirs: Path) -> Iterator[Cluster]:
     """One two-node Ray cluster (with the Jobs API) and one S3 server for the whole session:
     the S3 variables are set before the nodes start, so their trials reach the server too."""
     with s3_endpoint() as endpoint, two_node_cluster() as cluster:

@@ -127,6 +127,17 @@ def stopped_at_exit(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen
 TIMING = ("time/train_s", "time/epoch_s", "time/images_per_s")
 
 
+def read_parquet_once(path: Path) -> Any:
+    """A Parquet file that a thread or process may be replacing, read as a reader must: its
+    bytes in one open, then parsed. ``pd.read_parquet(path)`` opens the path twice (the footer,
+    then the pages): a replace in between applies one file's footer to another's pages."""
+    import io
+
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(path.read_bytes()))
+
+
 def without_timings(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
 

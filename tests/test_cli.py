@@ -6,7 +6,7 @@ import yaml
 
 from cifartune.cli import build_parser, main
 
-from .helpers import REPO, run_cli, start_cli, stopped_at_exit
+from .helpers import REPO, read_parquet_once, run_cli, start_cli, stopped_at_exit
 from .studies import wait_for
 
 
@@ -114,7 +114,7 @@ def test_ctrl_c_keeps_finished_epochs_and_resume_completes_the_run(tmp_path):
     ]
     with stopped_at_exit(start_cli(args, cwd=REPO)) as process:
         metrics = out / "metrics.parquet"
-        wait_for(lambda: metrics.exists() and len(pd.read_parquet(metrics)) >= 2, timeout=120)
+        wait_for(lambda: metrics.exists() and len(read_parquet_once(metrics)) >= 2, timeout=120)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

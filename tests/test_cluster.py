@@ -6,6 +6,7 @@ the cluster launcher config (Ray's own schema, versions matching pyproject.toml)
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import tomllib
@@ -21,8 +22,8 @@ from cifartune.errors import ConfigError
 from cifartune.results import read_study
 from cifartune.submit import prepare_job
 
-from .clusters import _answers, _free_port, _start, _stop
-from .helpers import REPO, run_cli
+from .clusters import _alive_nodes, _answers, _free_port, ray_head, two_node_cluster
+from .helpers import REPO, default_signals, run_cli
 from .studies import TINY_BASE, write_spec
 
 
@@ -174,32 +175,37 @@ def test_a_trial_no_node_can_hold_stops_the_study_within_seconds(tmp_path):
 def head_with_jobs_server():
     """A head whose dashboard (and Jobs server) listens on loopback, on ports of its own."""
     dashboard = _free_port()
-    head = _start(
-        [
-            "--head",
-            "--port",
-            _free_port(),
-            "--num-cpus",
-            "2",
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            dashboard,
-            "--dashboard-agent-listen-port",
-            _free_port(),
-            "--ray-client-server-port",
-            _free_port(),
-        ]
-    )
-    try:
+    ports = ["--port", _free_port(), "--dashboard-agent-listen-port", _free_port()]
+    ports += ["--ray-client-server-port", _free_port()]
+    with ray_head(
+        "--num-cpus", "2", "--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard, *ports
+    ):
         url = f"http://127.0.0.1:{dashboard}"
         deadline = time.time() + 120
         while not _answers(f"{url}/api/version") and time.time() < deadline:
             time.sleep(1)
         assert _answers(f"{url}/api/version"), "the head's Jobs server did not come up"
         yield url
-    finally:
-        _stop(head)
+
+
+@pytest.mark.slow
+def test_a_plain_ray_init_starts_afresh_after_the_suites_cluster(tmp_path):
+    """A cluster the suite started and stopped leaves no registration behind: a plain
+    `ray.init()` in a new process (the suite's environment, a user's script) starts its own
+    runtime instead of retrying a dead head's GCS forever."""
+    with two_node_cluster() as cluster:
+        assert _alive_nodes(cluster.address) == 2
+    script = "import ray; ray.init(num_cpus=1, include_dashboard=False); ray.shutdown()"
+    probe = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a stale registration makes ray.init() retry the dead GCS every 5 s
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        preexec_fn=default_signals,
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert "Failed to connect to GCS" not in probe.stderr
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from torch import nn
 from cifartune.data import load_bundled, to_device
 from cifartune.engine import build_run, fit, train_one_epoch
 
-from .helpers import quick_config, round_trip, without_timings
+from .helpers import quick_config, read_parquet_once, round_trip, without_timings
 
 pytestmark = pytest.mark.gpu
 ALL_AUGMENTATIONS = "crop+flip+rotate+jitter+cutout"
@@ -234,7 +234,7 @@ def test_cifartune_train_resumes_a_cpu_adam_run_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: auto is the CPU
     with stopped_at_exit(start_cli(args, cwd=REPO)) as process:
         metrics = out / "metrics.parquet"
-        wait_for(lambda: metrics.exists() and len(pd.read_parquet(metrics)) >= 2, timeout=240)
+        wait_for(lambda: metrics.exists() and len(read_parquet_once(metrics)) >= 2, timeout=240)
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")

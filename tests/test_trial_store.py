@@ -26,7 +26,7 @@ from cifartune.trial_store import (
     save_state,
 )
 
-from .helpers import quick_config
+from .helpers import quick_config, read_parquet_once
 
 SAMPLE = {"optim.lr": 0.05}
 
@@ -91,7 +91,8 @@ def best(tmp_path):
 
 
 def rows(tmp_path):
-    return pd.read_parquet(epochs_path(Location.of(tmp_path), "t_1").local_path)
+    # Background writes may replace the file while it is read.
+    return read_parquet_once(epochs_path(Location.of(tmp_path), "t_1").local_path)
 
 
 def test_latest_is_written_every_n_epochs_and_at_the_last_one(tmp_path):
