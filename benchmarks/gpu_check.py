@@ -136,7 +136,7 @@ def check_ray(device: torch.device, size: Report, data_dir: str | None, out_dir:
     import pandas as pd
     import yaml
 
-    from cifartune.results import seconds_between
+    from cifartune.store.tables import seconds_between
 
     trials = size["ray_trials"]
     gpus = 1 / min(trials, 4) if device.type == "cuda" else 0
@@ -251,7 +251,7 @@ def main() -> None:
         import gpu_sections as sections
         from throughput import load_data
 
-        from cifartune.engine import resolve_device
+        from cifartune.engine.device import resolve_device
     except ImportError as exc:
         # Where torch is preinstalled and no registry is reachable, the engine's own
         # dependencies (pydantic, PyYAML, numpy, Pillow for the reference) come as wheels.

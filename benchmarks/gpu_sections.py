@@ -33,7 +33,7 @@ LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLau
 
 
 def trial_config(device: torch.device, **overrides: Any) -> Any:
-    from cifartune.config import build_trial_config
+    from cifartune.config.trial import build_trial_config
 
     base = {
         "device": device.type,
@@ -60,7 +60,7 @@ def tf32_state() -> Report:
 
 def _host_synthetic(images: int) -> Any:
     """Random CIFAR-shaped host arrays for the reference loop's per-image PIL pipeline."""
-    from cifartune.data import CifarArrays
+    from cifartune.engine.data import CifarArrays
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
@@ -74,7 +74,7 @@ def launches_per_step(run: Any) -> Report:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from cifartune.engine import train_one_epoch
+    from cifartune.engine.loop import train_one_epoch
 
     steps = -(-len(run.data.train_y) // run.config.batch_size)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -89,7 +89,7 @@ def check_throughput(device: torch.device, size: Report) -> Report:
     """Engine (bf16 and fp32; eager, compiled, CUDA graphs) against the usual loop, img/s."""
     from throughput import engine_config, measure_engine, measure_reference, synthetic_data
 
-    from cifartune.engine import native_bf16
+    from cifartune.engine.device import native_bf16
 
     images = size["synthetic_images"]
     data = synthetic_data(images, device)
@@ -126,7 +126,7 @@ def check_throughput(device: torch.device, size: Report) -> Report:
 
 
 def _head(data: Any, count: int) -> Any:
-    from cifartune.data import DeviceData
+    from cifartune.engine.splits import DeviceData
 
     x, y = data.train_x[:count], data.train_y[:count]
     return DeviceData(x, y, data.val_x, data.val_y, data.test_images, data.test_labels)
@@ -137,7 +137,7 @@ def check_compile(data: Any, device: torch.device, size: Report) -> Report:
     CUDA the kernel launches per step; the warm-up epoch (not timed) holds the compilation."""
     from throughput import engine_config, measure_engine
 
-    from cifartune.engine import resolve_precision
+    from cifartune.engine.device import resolve_precision
 
     precision = resolve_precision("auto", device)
     out: Report = {"precision": precision, "batch": 128}
@@ -173,7 +173,7 @@ def check_compile(data: Any, device: torch.device, size: Report) -> Report:
 
 
 def check_precisions(arrays: Any, device: torch.device, size: Report) -> Report:
-    from cifartune.engine import fit
+    from cifartune.engine.loop import fit
 
     out: Report = {}
     short = size["short_run"]
@@ -207,7 +207,7 @@ def _round_trip(state: Report) -> Report:
 
 
 def check_resume(arrays: Any, device: torch.device, size: Report) -> Report:
-    from cifartune.engine import fit
+    from cifartune.engine.loop import fit
 
     config = trial_config(
         device,
@@ -258,8 +258,9 @@ def packed_worker(args: argparse.Namespace) -> None:
     outlives its check (each holds a CUDA context, about 0.5 GB)."""
     from throughput import load_data
 
-    from cifartune.data import to_device
-    from cifartune.engine import build_run, train_one_epoch
+    from cifartune.engine.loop import train_one_epoch
+    from cifartune.engine.run import build_run
+    from cifartune.engine.splits import to_device
 
     parent = os.getppid()
     device = torch.device(args.device)

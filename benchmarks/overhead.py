@@ -44,7 +44,7 @@ HOOKS = ("on_trial_result", "on_trial_start", "on_trial_complete", "on_trial_err
 
 
 def tiny_spec(name: str, trials: int, slots: int, storage: str) -> Any:
-    from cifartune.spec import build_spec
+    from cifartune.config.spec import build_spec
 
     return build_spec(
         {
@@ -63,7 +63,7 @@ class CallbackClock:
     """Wraps StudyCallback's hooks to count calls and the seconds spent in them."""
 
     def __init__(self) -> None:
-        from cifartune.tuning import StudyCallback
+        from cifartune.study.callback import StudyCallback
 
         self.calls, self.seconds = 0, 0.0
         self._originals = {name: getattr(StudyCallback, name) for name in HOOKS}
@@ -86,8 +86,8 @@ class CallbackClock:
 
 
 def run_cifartune(spec: Any, clock: CallbackClock) -> dict[str, Any]:
-    from cifartune.results import read_study
-    from cifartune.study import run_study
+    from cifartune.store.study_data import read_study
+    from cifartune.study.driver import run_study
 
     clock.reset()
     start = time.perf_counter()

@@ -29,10 +29,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cifartune.config import TrialConfig, build_trial_config
-from cifartune.data import CifarArrays, DeviceData, load_bundled, load_mirror, to_device
-from cifartune.engine import Run, build_run, resolve_device, resolve_precision, train_one_epoch
-from cifartune.model import SeedNet
+from cifartune.config.trial import TrialConfig, build_trial_config
+from cifartune.engine.data import CifarArrays, load_bundled, load_mirror
+from cifartune.engine.device import resolve_device, resolve_precision
+from cifartune.engine.loop import train_one_epoch
+from cifartune.engine.model import SeedNet
+from cifartune.engine.run import Run, build_run
+from cifartune.engine.splits import DeviceData, to_device
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

@@ -1,33 +1,38 @@
 """cifartune: hyperparameter studies of CIFAR-10 classifiers on Ray Tune.
 
-The engine (config, data, model, training loop) imports no Ray; ``cifartune.tuning`` does.
+The package is layered (each subpackage's docstring says what it may import, and
+``lint-imports`` checks it): :mod:`cifartune.config` (trial config, specs), the Ray-free
+:mod:`cifartune.engine`, the study's files in :mod:`cifartune.store`, the driver in
+:mod:`cifartune.study` (the only layer that imports Ray), :mod:`cifartune.views` (status,
+dashboard, reports) and :mod:`cifartune.cli`.
+
 Torch-backed names load on first use, so ``cifartune validate`` answers without importing torch.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import version
 from typing import Any
 
-from .config import ConfigError, TrialConfig, load_trial_config
-from .spec import StudySpec, load_spec
+from cifartune.config.spec import StudySpec, load_spec
+from cifartune.config.trial import TrialConfig, load_trial_config
+from cifartune.errors import ConfigError
 
-__version__ = "0.1.0"
-
+__version__ = version("cifartune")
 _LAZY = {
-    "CifarArrays": ".data",
-    "DataError": ".data",
-    "load_arrays": ".data",
-    "FitResult": ".engine",
-    "fit": ".engine",
-    "SeedNet": ".model",
-    "build_model": ".model",
-    "count_parameters": ".model",
-    "layer_table": ".model",
-    "StudyData": ".results",
-    "read_study": ".results",
+    "CifarArrays": "cifartune.engine.data",
+    "DataError": "cifartune.errors",
+    "load_arrays": "cifartune.engine.data",
+    "FitResult": "cifartune.engine.loop",
+    "fit": "cifartune.engine.loop",
+    "SeedNet": "cifartune.engine.model",
+    "build_model": "cifartune.engine.model",
+    "count_parameters": "cifartune.engine.model",
+    "layer_table": "cifartune.engine.model",
+    "StudyData": "cifartune.store.study_data",
+    "read_study": "cifartune.store.study_data",
 }
-
 __all__ = [
     "CifarArrays",
     "ConfigError",
@@ -37,6 +42,7 @@ __all__ = [
     "StudyData",
     "StudySpec",
     "TrialConfig",
+    "__version__",
     "build_model",
     "count_parameters",
     "fit",
@@ -50,5 +56,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cifartune' has no attribute {name!r}")

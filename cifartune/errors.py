@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints their message (exit 2) instead of a traceback."""
 
+from __future__ import annotations
+
 
 class CifartuneError(Exception):
     """Bad input from the user; the message names what is wrong and how to fix it."""

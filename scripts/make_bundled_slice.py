@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cifartune.data import load_mirror, stratified_take
+from cifartune.engine.data import load_mirror
+from cifartune.engine.splits import stratified_take
 
 OUT = Path(__file__).resolve().parents[1] / "cifartune" / "assets" / "cifar10_slice.npz"
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from cifartune.config import build_trial_config
-from cifartune.data import CifarArrays
-from cifartune.supervise import session_processes
+from cifartune.config.trial import build_trial_config
+from cifartune.engine.data import CifarArrays
+from cifartune.study.supervise import session_processes
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "data" / "cifar10"

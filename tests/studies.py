@@ -26,7 +26,7 @@ def write_spec(directory: Path, **fields: Any) -> Path:
 
 
 def epochs_of(results: Path) -> pd.DataFrame:
-    from cifartune.results import read_study
+    from cifartune.store.study_data import read_study
 
     return read_study(results).epochs
 
@@ -50,7 +50,7 @@ def wait_for(predicate: Any, timeout: float = 240) -> None:
 
 def epochs_so_far(results: Path) -> pd.DataFrame:
     """The epochs a running study has written, or an empty frame before it has any."""
-    from cifartune.results import read_study
+    from cifartune.store.study_data import read_study
 
     try:
         return read_study(results).epochs
@@ -74,10 +74,11 @@ def fabricate_study(
     import json
     import math
 
-    from cifartune.config import flatten
-    from cifartune.recorder import StudyRecorder, TrialEvent
-    from cifartune.results import epoch_records, trial_keys, write_records, write_table
-    from cifartune.spec import build_spec, spec_hash, trial_config
+    from cifartune.config.base import flatten
+    from cifartune.config.spec import build_spec, spec_hash, trial_config
+    from cifartune.store.columns import epoch_records, trial_keys
+    from cifartune.store.tables import write_records, write_table
+    from cifartune.study.recorder import StudyRecorder, TrialEvent
 
     def resolve_flat(spec, sample):
         return flatten(trial_config(spec, sample))

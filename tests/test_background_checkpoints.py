@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from cifartune import trial_store
 from cifartune.storage import Location
-from cifartune.trial_store import epochs_path
+from cifartune.store import trial_writer
+from cifartune.store.layout import epochs_path
 
 from .test_trial_store import latest, metrics, rows, train, writer
 
@@ -20,7 +20,7 @@ def gate(monkeypatch):
     """save_state off the main thread waits until the gate opens (or fails, when told)."""
     gate = threading.Event()
     gate.error = None
-    save = trial_store.save_state
+    save = trial_writer.save_state
 
     def gated(state, path):
         if threading.current_thread() is not threading.main_thread():
@@ -29,7 +29,7 @@ def gate(monkeypatch):
                 raise gate.error
         save(state, path)
 
-    monkeypatch.setattr(trial_store, "save_state", gated)
+    monkeypatch.setattr(trial_writer, "save_state", gated)
     return gate
 
 

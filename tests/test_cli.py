@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cifartune.cli import build_parser, main
+from cifartune.cli.main import build_parser, main
 
 from .helpers import REPO, read_parquet_once, run_cli, start_cli, stopped_at_exit
 from .studies import wait_for

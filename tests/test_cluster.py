@@ -17,10 +17,10 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from cifartune.cluster import NodeShape, NodeTypes, fit_error, launcher_node_types
 from cifartune.errors import ConfigError
-from cifartune.results import read_study
-from cifartune.submit import prepare_job
+from cifartune.store.study_data import read_study
+from cifartune.study.cluster import NodeShape, NodeTypes, fit_error, launcher_node_types
+from cifartune.study.submit import prepare_job
 
 from .clusters import _alive_nodes, _answers, _free_port, ray_head, two_node_cluster
 from .helpers import REPO, default_signals, run_cli

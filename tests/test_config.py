@@ -1,13 +1,8 @@
 import pytest
 
-from cifartune.config import (
-    ConfigError,
-    TrialConfig,
-    build_trial_config,
-    flatten,
-    load_trial_config,
-    unflatten,
-)
+from cifartune.config.base import flatten, unflatten
+from cifartune.config.trial import TrialConfig, build_trial_config, load_trial_config
+from cifartune.errors import ConfigError
 
 
 def test_defaults_then_file_then_overrides(tmp_path):

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from filelock import FileLock
 
-from cifartune.follow import follow, render_status
-from cifartune.optuna_mirror import OptunaMirror
-from cifartune.results import LOCK_FILE, STUDY_FILE, read_study
+from cifartune.store.layout import LOCK_FILE, STUDY_FILE
+from cifartune.store.optuna_mirror import OptunaMirror
+from cifartune.store.study_data import read_study
+from cifartune.views.status import follow, render_status
 
 from .helpers import CHROMIUM, headless_chromium, run_cli, start_cli, stop_session, stopped_at_exit
 from .studies import wait_for
@@ -177,7 +178,7 @@ def test_dashboard_on_a_running_study(tmp_path):
     """Acceptance: the dashboard serves a study's trials while the study runs on Ray."""
     import optuna
 
-    from cifartune.optuna_mirror import open_storage
+    from cifartune.store.optuna_mirror import open_storage
 
     from .studies import TINY_BASE, start_study, write_spec
 

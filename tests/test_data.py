@@ -2,16 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from cifartune.config import DataConfig
-from cifartune.data import (
-    DataError,
-    load_arrays,
-    load_bundled,
-    load_mirror,
-    load_torchvision,
-    split_indices,
-    to_device,
-)
+from cifartune.config.trial import DataConfig
+from cifartune.engine.data import load_arrays, load_bundled, load_mirror, load_torchvision
+from cifartune.engine.splits import split_indices, to_device
+from cifartune.errors import DataError
 
 from .helpers import MIRROR, synthetic_arrays, write_mirror
 

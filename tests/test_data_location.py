@@ -18,11 +18,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from cifartune.cli import main
-from cifartune.config import build_trial_config
-from cifartune.data import describe_source, load_arrays
+from cifartune.cli.main import main
+from cifartune.config.spec import build_spec, spec_hash
+from cifartune.config.trial import build_trial_config
+from cifartune.engine.data import describe_source, load_arrays
 from cifartune.errors import DataError
-from cifartune.spec import build_spec, spec_hash
 
 from .helpers import REPO, run_cli, synthetic_arrays, write_mirror
 from .studies import TINY_BASE, fabricate_study, write_spec
@@ -151,9 +151,9 @@ md5 = {md5!r}
 C.train_list = [[f"data_batch_{{i}}", md5[f"data_batch_{{i}}"]] for i in range(1, 6)]
 C.test_list = [["test_batch", md5["test_batch"]]]
 C.meta = {{**C.meta, "md5": md5["batches.meta"]}}
-from cifartune.cli import main
-from cifartune.config import build_trial_config
-from cifartune.data import load_arrays
+from cifartune.cli.main import main
+from cifartune.config.trial import build_trial_config
+from cifartune.engine.data import load_arrays
 arrays = load_arrays(build_trial_config({{}}, {{"data.source": "torchvision"}}).data)
 print(len(arrays.train_labels), len(arrays.test_labels))
 """

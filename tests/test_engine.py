@@ -9,19 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifartune import engine
-from cifartune.config import ConfigError, DataConfig
-from cifartune.data import CifarArrays, load_bundled, split_indices, to_device
-from cifartune.engine import (
-    build_run,
-    evaluate,
-    fit,
-    native_bf16,
-    resolve_precision,
-    score_on_test,
-    train_one_epoch,
-)
-from cifartune.transforms import to_float
+from cifartune.config.trial import DataConfig
+from cifartune.engine import device, loop, optim
+from cifartune.engine import run as engine_run
+from cifartune.engine.data import CifarArrays, load_bundled
+from cifartune.engine.device import native_bf16, resolve_precision
+from cifartune.engine.loop import evaluate, fit, score_on_test, train_one_epoch
+from cifartune.engine.run import build_run
+from cifartune.engine.splits import split_indices, to_device
+from cifartune.engine.transforms import to_float
+from cifartune.errors import ConfigError
 
 from .helpers import TIMING, quick_config, round_trip, synthetic_arrays, without_timings
 
@@ -174,7 +171,7 @@ def _steps(name, grad, steps=2, **overrides):
     """`steps` optimizer steps (lr 0.1) on one parameter whose gradient is the constant `grad`."""
     cfg = quick_config(optim__name=name, optim__lr=0.1, **overrides)
     p = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
-    optimizer = engine.build_optimizer(cfg.optim, iter([p]), torch.device("cpu"))
+    optimizer = optim.build_optimizer(cfg.optim, iter([p]), torch.device("cpu"))
     for _ in range(steps):
         optimizer.zero_grad()
         (p * torch.tensor(grad, dtype=torch.float64)).sum().backward()
@@ -224,8 +221,8 @@ def test_onecycle_keeps_each_optimizers_momentum_and_shapes_the_lr(name):
     momentum = {"optim__momentum": 0.5} if name in ("sgd", "rmsprop") else {}
     cfg = quick_config(optim__name=name, optim__lr=0.1, schedule__name="onecycle", **momentum)
     p = nn.Parameter(torch.ones(3))
-    optimizer = engine.build_optimizer(cfg.optim, iter([p]), torch.device("cpu"))
-    scheduler = engine.build_scheduler(cfg.schedule, optimizer, epochs=4, steps_per_epoch=25)
+    optimizer = optim.build_optimizer(cfg.optim, iter([p]), torch.device("cpu"))
+    scheduler = optim.build_scheduler(cfg.schedule, optimizer, epochs=4, steps_per_epoch=25)
     group = optimizer.param_groups[0]
     expected = {k: group[k] for k in ("momentum", "betas") if k in group}
     expected_momentum = {"sgd": 0.5, "rmsprop": 0.5, "momentum": 0.9, "nesterov": 0.9}
@@ -262,7 +259,7 @@ def test_adagrad_with_onecycle_trains(bundled):
 def test_divergence_is_caught_inside_an_epoch(bundled, precision):
     # 50 batches of 4 at lr 100: the loss explodes within the first DIVERGENCE_CHECK_EVERY (25)
     # batches, and the check after batch 25 ends the epoch there.
-    assert engine.DIVERGENCE_CHECK_EVERY == 25
+    assert loop.DIVERGENCE_CHECK_EVERY == 25
     seen = []
     cfg = quick_config(
         precision=precision,
@@ -298,10 +295,10 @@ def test_diverging_run_ends_as_diverged_and_keeps_its_epochs(bundled):
 
 def test_a_loss_above_1000_nats_is_divergence_even_when_finite():
     # README: "A non-finite or exploding loss (> 1000) ends the run as diverged".
-    assert engine.DIVERGENCE_LOSS == 1000
-    assert engine._finite_and_bounded(torch.tensor(999.0))
+    assert loop.DIVERGENCE_LOSS == 1000
+    assert loop._finite_and_bounded(torch.tensor(999.0))
     for loss in (1000.5, 1e6, math.inf, -math.inf, math.nan):
-        assert not engine._finite_and_bounded(torch.tensor(loss))
+        assert not loop._finite_and_bounded(torch.tensor(loss))
 
 
 # Dropout and batch norm: the layers whose output depends on train/eval mode.
@@ -367,7 +364,7 @@ def test_every_epoch_trains_in_training_mode_and_scores_in_eval_mode(bundled):
     modes = []
     run.model.register_forward_pre_hook(lambda module, _: modes.append(module.training))
     for _ in range(cfg.epochs):
-        engine.run_epoch(run, with_test=cfg.eval_test)
+        loop.run_epoch(run, with_test=cfg.eval_test)
     assert modes == [True, True, False] * 2
     assert not any(key.startswith("test/") for key in run.history[-1])
 
@@ -405,7 +402,7 @@ def test_auto_precision_follows_native_bf16(monkeypatch):
     assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     for native, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(engine, "native_bf16", lambda _device, n=native: n)
+        monkeypatch.setattr(device, "native_bf16", lambda _device, n=native: n)
         assert resolve_precision("auto", cpu) == expected
 
 
@@ -459,8 +456,8 @@ def test_bf16_and_fp32_runs_agree_within_a_tolerance(bundled):
 @pytest.mark.parametrize(("cuda", "expected"), [(True, "cuda"), (False, "cpu")])
 def test_auto_device_is_cuda_when_present(monkeypatch, cuda, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert engine.resolve_device("auto") == torch.device(expected)
-    assert engine.resolve_device("cpu") == torch.device("cpu")
+    assert device.resolve_device("auto") == torch.device(expected)
+    assert device.resolve_device("cpu") == torch.device("cpu")
 
 
 def test_cuda_without_cuda_is_a_clear_error(bundled, monkeypatch):
@@ -471,8 +468,8 @@ def test_cuda_without_cuda_is_a_clear_error(bundled, monkeypatch):
 
 def _fused(monkeypatch):
     """The engine's optimizers built with torch's fused kernels (CPU fused Adam/SGD exist)."""
-    build = engine.build_optimizer
-    monkeypatch.setattr(engine, "build_optimizer", lambda *a, **k: build(*a, **k, fused=True))
+    build = optim.build_optimizer
+    monkeypatch.setattr(engine_run, "build_optimizer", lambda *a, **k: build(*a, **k, fused=True))
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
@@ -512,13 +509,13 @@ def test_a_cpu_written_adam_checkpoint_resumes_into_a_fused_optimizer(bundled, m
 def test_the_test_set_is_scored_in_the_precision_the_model_trained_in(bundled, monkeypatch):
     # Trained where `precision: auto` meant fp32, scored where it means bf16 (a GPU): the score
     # is the fp32 evaluation, from the precision the checkpoint records.
-    monkeypatch.setattr(engine, "native_bf16", lambda _device: False)
+    monkeypatch.setattr(device, "native_bf16", lambda _device: False)
     cfg = quick_config(precision="auto", data__train_subset=128, data__val_size=50)
     trained = fit(cfg, bundled)
     state = round_trip(trained.run.state_dict())
     assert state["precision"] == "fp32"
     fp32 = evaluate(trained.run, trained.run.data.test_x, trained.run.data.test_y, "test")
-    monkeypatch.setattr(engine, "native_bf16", lambda _device: True)
+    monkeypatch.setattr(device, "native_bf16", lambda _device: True)
     assert score_on_test(cfg, trained.run.data, state) == fp32
     # A checkpoint from before the record: the config's precision, resolved where it scores.
     old = {k: v for k, v in state.items() if k != "precision"}
@@ -545,8 +542,8 @@ def test_onecycle_builds_for_runs_of_a_few_steps(steps):
     # 4 steps at pct_start 0.25 once made torch's warm-up span zero steps: ZeroDivisionError.
     cfg = quick_config(schedule__name="onecycle")
     cpu = torch.device("cpu")
-    optimizer = engine.build_optimizer(cfg.optim, iter([nn.Parameter(torch.ones(1))]), cpu)
-    scheduler = engine.build_scheduler(cfg.schedule, optimizer, epochs=1, steps_per_epoch=steps)
+    optimizer = optim.build_optimizer(cfg.optim, iter([nn.Parameter(torch.ones(1))]), cpu)
+    scheduler = optim.build_scheduler(cfg.schedule, optimizer, epochs=1, steps_per_epoch=steps)
     for _ in range(steps):
         optimizer.step()
         scheduler.step()

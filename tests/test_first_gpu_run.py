@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from cifartune import gpus, model
-from cifartune.config import ConfigError, DataConfig
-from cifartune.data import split_indices, to_device
-from cifartune.engine import build_run, fit, train_one_epoch
-from cifartune.spec import load_spec
+from cifartune.config.spec import load_spec
+from cifartune.config.trial import DataConfig
+from cifartune.engine import device, model
+from cifartune.engine.loop import fit, train_one_epoch
+from cifartune.engine.run import build_run
+from cifartune.engine.splits import split_indices, to_device
+from cifartune.errors import ConfigError
 
 from .helpers import REPO, quick_config, round_trip, synthetic_arrays, without_timings
 
@@ -36,7 +38,7 @@ def test_a_trial_is_refused_more_than_one_gpu(tmp_path, gpus_per_trial):
 
 def test_study_environment_creates_no_cuda_context(monkeypatch, tmp_path):
     # The driver trains nothing: counting GPUs and naming them must not initialize CUDA.
-    from cifartune import study
+    from cifartune.study import environment
 
     def no_context(*_args, **_kwargs):
         raise AssertionError("a CUDA context in the driver")
@@ -48,13 +50,13 @@ def test_study_environment_creates_no_cuda_context(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for name in ("get_device_name", "get_device_properties", "init", "_lazy_init"):
         monkeypatch.setattr(torch.cuda, name, no_context)
-    hardware = study.environment()["hardware"]
+    hardware = environment.environment()["hardware"]
     assert hardware["gpus"] == ["NVIDIA H200", "NVIDIA H200"]
     assert not torch.cuda.is_initialized()
     smi.write_text("#!/bin/sh\nexit 9\n")  # nvidia-smi broken: the count still holds
-    assert study.environment()["hardware"]["gpus"] == ["unknown", "unknown"]
+    assert environment.environment()["hardware"]["gpus"] == ["unknown", "unknown"]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert gpus.visible_gpus() == []
+    assert device.visible_gpus() == []
 
 
 def test_device_data_is_contiguous_nchw_uint8_of_the_split():
@@ -99,13 +101,13 @@ def test_compile_falls_back_to_eager_where_it_cannot_run(monkeypatch, caplog):
     cpu = torch.device("cpu")
     assert model.compiled_forward(net, "none", cpu) is net
     monkeypatch.setattr(model.shutil, "which", lambda _name: None)
-    with caplog.at_level(logging.WARNING, logger="cifartune.model"):
+    with caplog.at_level(logging.WARNING, logger="cifartune.engine.model"):
         assert model.compiled_forward(net, "model", cpu) is net
     assert "no C++ compiler" in caplog.text and "runs eager" in caplog.text
 
 
 def test_cuda_graphs_on_a_cpu_are_compile_model_with_a_log_line(caplog):
-    with caplog.at_level(logging.INFO, logger="cifartune.model"):
+    with caplog.at_level(logging.INFO, logger="cifartune.engine.model"):
         forward = model.compiled_forward(torch.nn.Linear(2, 2), "cudagraphs", torch.device("cpu"))
     assert "CUDA graphs apply on CUDA only" in caplog.text
     assert forward is not None and not isinstance(forward, torch.nn.Linear)

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from cifartune.data import load_bundled, to_device
-from cifartune.engine import build_run, fit, train_one_epoch
+from cifartune.engine.data import load_bundled
+from cifartune.engine.loop import fit, train_one_epoch
+from cifartune.engine.run import build_run
+from cifartune.engine.splits import to_device
 
 from .helpers import quick_config, read_parquet_once, round_trip, without_timings
 
@@ -154,7 +156,7 @@ def test_every_optimizer_trains_on_cuda(bundled, name):
 
 
 def test_the_test_set_stays_off_the_gpu_until_scored(bundled):
-    from cifartune.engine import score_on_test
+    from cifartune.engine.loop import score_on_test
 
     cfg = quick_config(device="cuda", data__train_subset=256)
     data = to_device(bundled, cfg.data, torch.device("cuda"))

@@ -14,10 +14,14 @@ import pytest
 import torch
 import yaml
 
-from cifartune.cli import main
-from cifartune.data import DataError, describe_source, load_arrays, to_device
-from cifartune.results import read_parquet_dir, read_study, write_table
-from cifartune.spec import build_spec, data_probes, trial_config
+from cifartune.cli.main import main
+from cifartune.config.plan import data_probes
+from cifartune.config.spec import build_spec, trial_config
+from cifartune.engine.data import describe_source, load_arrays
+from cifartune.engine.splits import to_device
+from cifartune.errors import DataError
+from cifartune.store.study_data import read_study
+from cifartune.store.tables import read_parquet_dir, write_table
 
 from .helpers import run_cli, synthetic_arrays, write_mirror
 from .studies import TINY_BASE, write_spec

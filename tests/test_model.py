@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cifartune.model import SeedNet, count_parameters, layer_table
+from cifartune.engine.model import SeedNet, count_parameters, layer_table
 
 
 def test_seed_network_has_the_practical_works_parameter_count():

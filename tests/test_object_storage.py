@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cifartune.results import read_study
+from cifartune.store.study_data import read_study
 
 from .helpers import run_cli
 from .studies import TINY_BASE, epochs_so_far, start_cli, wait_for, write_spec

@@ -10,8 +10,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from cifartune.optuna_mirror import JOURNAL_FILE, MirrorError, OptunaMirror, export_optuna
-from cifartune.results import TRIALS_FILE, read_study, write_table
+from cifartune.store.layout import TRIALS_FILE
+from cifartune.store.optuna_mirror import JOURNAL_FILE, MirrorError, OptunaMirror, export_optuna
+from cifartune.store.study_data import read_study
+from cifartune.store.tables import write_table
 
 from .helpers import run_cli
 from .studies import fabricate_study

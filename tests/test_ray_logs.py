@@ -3,7 +3,7 @@ nothing is silenced wholesale, tracebacks of Ray internals stay in the trials' e
 
 import logging
 
-from cifartune.runtime import OneLineRayLogs
+from cifartune.study.runtime import OneLineRayLogs
 
 
 def _record(message, level=logging.WARNING, exc_info=None):

@@ -5,19 +5,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from cifartune.config import flatten
-from cifartune.recorder import WRITE_EVERY_S, StudyRecorder, TrialEvent
-from cifartune.results import (
-    TRIALS_FILE,
-    epoch_records,
-    read_study,
-    read_table,
-    trial_keys,
-    write_records,
-)
-from cifartune.spec import build_spec, trial_config
+from cifartune.config.base import flatten
+from cifartune.config.spec import build_spec, trial_config
 from cifartune.storage import Location
-from cifartune.trial_store import epochs_path, record_failure
+from cifartune.store.checkpoints import record_failure
+from cifartune.store.columns import epoch_records, trial_keys
+from cifartune.store.layout import TRIALS_FILE, epochs_path
+from cifartune.store.study_data import read_study
+from cifartune.store.tables import read_table, write_records
+from cifartune.study.recorder import WRITE_EVERY_S, StudyRecorder, TrialEvent
 
 from .studies import TINY_BASE
 
@@ -147,7 +143,7 @@ def test_a_trial_that_failed_for_good_is_an_error_after_a_restart_too(tmp_path):
 
 @pytest.mark.parametrize("n", [3, 60])
 def test_the_callback_mirrors_only_the_trial_an_event_is_about(tmp_path, n):
-    from cifartune.tuning import StudyCallback
+    from cifartune.study.callback import StudyCallback
 
     for i in range(n):
         _write_epochs(tmp_path, f"t{i}", 1)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cifartune.reports import build_report, difference, estimate
-from cifartune.reports.stats import fmt_estimate, overfitting_table
-from cifartune.reports.verdicts import Outcome, effect
-from cifartune.results import StudyData, read_study
+from cifartune.store.study_data import StudyData, read_study
+from cifartune.views.reports import build_report, difference, estimate
+from cifartune.views.reports.stats import fmt_estimate, overfitting_table
+from cifartune.views.reports.verdicts import Outcome, effect
 
 from .helpers import CHROMIUM, headless_chromium, run_cli
 from .studies import fabricate_study, write_spec

@@ -10,16 +10,16 @@ import matplotlib.pyplot as plt
 import pytest
 import yaml
 
-from cifartune.config import flatten
+from cifartune.config.base import flatten
+from cifartune.config.spec import build_spec, load_spec, spec_hash, trial_config
 from cifartune.errors import ConfigError
-from cifartune.recorder import StudyRecorder, TrialEvent
-from cifartune.reports import build_report
-from cifartune.reports.figures_cost import fig_timing
-from cifartune.reports.figures_curves import fig_trial_curves
-from cifartune.reports.figures_search import fig_lr_batch_heatmap
-from cifartune.reports.plotting import data_axes
-from cifartune.results import read_study
-from cifartune.spec import build_spec, load_spec, spec_hash, trial_config
+from cifartune.store.study_data import read_study
+from cifartune.study.recorder import StudyRecorder, TrialEvent
+from cifartune.views.reports import build_report
+from cifartune.views.reports.figures_cost import fig_timing
+from cifartune.views.reports.figures_curves import fig_trial_curves
+from cifartune.views.reports.figures_search import fig_lr_batch_heatmap
+from cifartune.views.reports.plotting import data_axes
 
 from .studies import fabricate_study
 from .test_report import OPTUNA_SPEC, ablation_study, grid_study, table_after

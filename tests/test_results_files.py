@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from cifartune import engine
-from cifartune.cli import main
-from cifartune.config import load_trial_config
-from cifartune.data import describe_source
-from cifartune.local import CONFIG_FILE, METRICS_FILE, train_local
-from cifartune.optuna_mirror import OptunaMirror
-from cifartune.results import read_study
+from cifartune.cli.main import main
+from cifartune.config.trial import load_trial_config
+from cifartune.engine import device
+from cifartune.engine.data import describe_source
+from cifartune.store.optuna_mirror import OptunaMirror
+from cifartune.store.study_data import read_study
+from cifartune.study.local import CONFIG_FILE, METRICS_FILE, train_local
 
 from .helpers import REPO, quick_config, run_cli
 from .studies import fabricate_study
@@ -23,7 +23,7 @@ from .studies import fabricate_study
 
 @pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
 def test_a_run_records_the_precision_auto_picked(tmp_path, monkeypatch, native, expected):
-    monkeypatch.setattr(engine, "native_bf16", lambda device: native)
+    monkeypatch.setattr(device, "native_bf16", lambda device: native)
     config = quick_config(data__train_subset=100, optim__name="momentum")
     train_local(config, tmp_path)
     row = pd.read_parquet(tmp_path / METRICS_FILE).iloc[0]
@@ -85,7 +85,7 @@ def test_timestamps_are_parquet_timestamps(tmp_path):
 def test_files_are_as_readable_as_the_umask_allows(tmp_path, umask, mode):
     target = tmp_path / "t.parquet"
     code = (
-        "import pandas as pd, sys; from cifartune.results import write_table; "
+        "import pandas as pd, sys; from cifartune.store.tables import write_table; "
         "write_table(pd.DataFrame({'a': [1]}), sys.argv[1])"
     )
     subprocess.run(
@@ -164,7 +164,7 @@ def test_a_train_config_file_takes_the_dotted_keys_specs_use(tmp_path):
 
 
 def test_the_report_says_what_really_ran(tmp_path):
-    from cifartune.reports.tables import overview
+    from cifartune.views.reports.tables import overview
 
     study = fabricate_study(tmp_path, {"name": "ran", **SPEC}, CURVES)
     table = overview(read_study(study)).set_index("property")["value"]
@@ -175,7 +175,8 @@ def test_rows_of_an_older_file_missing_a_column_read_as_missing_not_as_true(tmp_
     # Epoch files of several versions read as one frame: a column one of them lacks is NaN in
     # its rows (pandas), None in a file written without it (pyarrow). Neither is a divergence,
     # nor an end time.
-    from cifartune.results import read_records, summarize_epochs, write_records
+    from cifartune.store.summary import summarize_epochs
+    from cifartune.store.tables import read_records, write_records
 
     frame = pd.DataFrame({"epoch": [1, 2], "val/top1": [10.0, 20.0], "diverged": [None, None]})
     frame["diverged"] = frame["diverged"].astype(float)  # NaN, as a concatenation leaves it

@@ -12,7 +12,7 @@ import socket
 import pandas as pd
 import pytest
 
-from cifartune.results import read_study
+from cifartune.store.study_data import read_study
 
 from .helpers import run_cli
 from .studies import (

@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from cifartune.data import load_bundled
-from cifartune.engine import fit
-from cifartune.spec import build_spec, trial_config
-from cifartune.tuning import trial_data
+from cifartune.config.spec import build_spec, trial_config
+from cifartune.engine.data import load_bundled
+from cifartune.engine.loop import fit
+from cifartune.engine.splits import trial_data
 
 from .helpers import REPO, without_timings
 
@@ -26,10 +26,10 @@ TRIAL_A = {"optim.lr": 0.05, "seed": 7, "threads": 1, "model.dropout": 0.5, "mod
 TRIAL_B = {"optim.lr": 0.01}
 FRESH = """
 import json, sys
-from cifartune.data import load_bundled
-from cifartune.engine import fit
-from cifartune.spec import build_spec, trial_config
-from cifartune.tuning import trial_data
+from cifartune.config.spec import build_spec, trial_config
+from cifartune.engine.data import load_bundled
+from cifartune.engine.loop import fit
+from cifartune.engine.splits import trial_data
 spec = build_spec(json.loads(sys.argv[1]))
 config = trial_config(spec, json.loads(sys.argv[2])).model_copy(update={"threads": None})
 result = fit(config, trial_data(load_bundled(), config))

@@ -1,4 +1,4 @@
-"""The scheduler a spec builds (``cifartune.tuning.scheduler``), fed results by hand: no Ray
+"""The scheduler a spec builds (``cifartune.study.search.scheduler``), fed results by hand: no Ray
 runtime. ASHA must count a trial's progress in our `epoch`, which goes on across a resume from
 the trial's own checkpoint, not in Ray's `training_iteration`, which starts again at 1 there."""
 
@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from cifartune.spec import build_spec
-from cifartune.tuning import _ray_safe, scheduler
+from cifartune.config.spec import build_spec
+from cifartune.study.search import scheduler
+from cifartune.study.trainable import _ray_safe
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

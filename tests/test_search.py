@@ -6,14 +6,15 @@ import pandas as pd
 import pytest
 from ray.tune.search.sample import Categorical, Float, Integer
 
-from cifartune.config import flatten
-from cifartune.model import build_model
-from cifartune.results import trial_keys
-from cifartune.spec import build_spec, trial_config
+from cifartune.config.base import flatten
+from cifartune.config.spec import build_spec, trial_config
+from cifartune.engine.model import build_model
 from cifartune.storage import Location
-from cifartune.study import score_best_on_test
-from cifartune.trial_store import BEST, checkpoint_dir, save_state
-from cifartune.tuning import search_algorithm, search_space
+from cifartune.store.checkpoints import save_state
+from cifartune.store.columns import trial_keys
+from cifartune.store.layout import BEST, checkpoint_dir
+from cifartune.study.scoring import score_best_on_test
+from cifartune.study.search import search_algorithm, search_space
 
 from .helpers import synthetic_arrays
 

@@ -1,4 +1,4 @@
-"""Stop signals while a study runs (cifartune.signals), in a real child process: SIGTERM and
+"""Stop signals while a study runs (cifartune.study.signals), in a real child process: SIGTERM and
 SIGHUP act as Ctrl-C, a stop that cannot end cleanly (Ray's runtime dead, or past the deadline)
 is forced with exit 130, and a signal inherited as ignored (nohup) stays ignored."""
 
@@ -12,7 +12,7 @@ from .helpers import REPO, default_signals
 
 CHILD = """
 import pathlib, sys, time
-from cifartune import signals
+from cifartune.study import signals
 signals.FORCE_AFTER_S = 1.0  # the deadline, short for the test
 out, mode = pathlib.Path(sys.argv[1]), sys.argv[2]
 signals.stop_on_signals()

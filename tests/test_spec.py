@@ -1,15 +1,8 @@
 import pytest
 
-from cifartune.config import ConfigError
-from cifartune.spec import (
-    build_spec,
-    expected_asha_epochs,
-    grid_points,
-    plan,
-    spec_hash,
-    trial_config,
-    trial_count,
-)
+from cifartune.config.plan import expected_asha_epochs, grid_points, plan, trial_count
+from cifartune.config.spec import build_spec, spec_hash, trial_config
+from cifartune.errors import ConfigError
 
 BASE = {"name": "t", "base": {"epochs": 4}}
 

@@ -8,17 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-import cifartune.data
-from cifartune.cli import main
-from cifartune.config import (
-    ConfigError,
-    DataConfig,
-    load_trial_config,
-    load_yaml_text,
-    parse_override,
-)
-from cifartune.data import DataError, DataSource, describe_source, train_image_count
-from cifartune.spec import build_spec
+import cifartune.engine.data
+from cifartune.cli.main import main
+from cifartune.config.files import load_yaml_text, parse_override
+from cifartune.config.spec import build_spec
+from cifartune.config.trial import DataConfig, load_trial_config
+from cifartune.engine.data import DataSource, describe_source, train_image_count
+from cifartune.errors import ConfigError, DataError
 
 from .helpers import synthetic_arrays, write_mirror
 
@@ -232,7 +228,7 @@ def _no_image_loads(monkeypatch):
         raise AssertionError("the images were loaded")
 
     monkeypatch.setattr(np, "load", refuse)
-    monkeypatch.setattr(cifartune.data, "_parse_npz", refuse)
+    monkeypatch.setattr(cifartune.engine.data, "_parse_npz", refuse)
 
 
 @pytest.mark.parametrize("compressed", [False, True])

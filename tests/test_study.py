@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from cifartune.results import read_study
+from cifartune.store.study_data import read_study
 
 from .helpers import run_cli
 from .studies import TINY_BASE, epochs_so_far, start_study, wait_for, write_spec
@@ -164,13 +164,14 @@ def test_the_command_a_user_starts_imports_no_torch():
 
     code = (
         "import sys\n"
-        "from cifartune import study_commands, cli\n"
-        "from cifartune.data import describe_source\n"
-        "from cifartune.results import STUDY_FILE\n"
-        "from cifartune.signals import stop_on_signals\n"
-        "from cifartune.spec import data_probes, load_spec, trial_config\n"
-        "from cifartune.study import run_study, study_directory\n"
-        "from cifartune.supervise import run_supervised\n"
+        "import cifartune.cli.main, cifartune.cli.study\n"
+        "from cifartune.engine.data import describe_source\n"
+        "from cifartune.store.layout import STUDY_FILE\n"
+        "from cifartune.study.signals import stop_on_signals\n"
+        "from cifartune.config.spec import load_spec, trial_config\n"
+        "from cifartune.config.plan import data_probes\n"
+        "from cifartune.study.driver import run_study, study_directory\n"
+        "from cifartune.study.supervise import run_supervised\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

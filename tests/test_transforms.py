@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifartune.transforms import (
+from cifartune.engine.transforms import (
     build_augment,
     fit_normalizer,
     random_color_jitter,

@@ -1,7 +1,7 @@
-"""A trial's own files (``cifartune.trial_store``), driven without Ray or training: made-up epoch
-metrics and a fake checkpoint thunk. What the README promises of them: ``latest.pt`` every
-``checkpoint.every`` epochs and at the last, ``best.pt`` at the best epoch by the study metric in
-its direction, one row per finished epoch, and a resume that makes the rows agree with the
+"""A trial's own files (``cifartune.store.trial_writer``), driven without Ray or training: made-up
+epoch metrics and a fake checkpoint thunk. What the README promises of them: ``latest.pt`` every
+``checkpoint.every`` epochs and at the last, ``best.pt`` at the best epoch by the study metric
+in its direction, one row per finished epoch, and a resume that makes the rows agree with the
 checkpoint (the crash window between a checkpoint and its row loses and duplicates nothing)."""
 
 import math
@@ -10,21 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from cifartune import trial_store
-from cifartune.config import flatten
-from cifartune.results import trial_keys
-from cifartune.spec import build_spec
+from cifartune.config.base import flatten
+from cifartune.config.spec import build_spec
 from cifartune.storage import Location
-from cifartune.trial_store import (
-    BEST,
-    LATEST,
-    TrialWriter,
-    better,
-    checkpoint_dir,
-    epochs_path,
-    load_state,
-    save_state,
-)
+from cifartune.store import trial_writer
+from cifartune.store.checkpoints import better, load_state, save_state
+from cifartune.store.columns import trial_keys
+from cifartune.store.layout import BEST, LATEST, checkpoint_dir, epochs_path
+from cifartune.store.trial_writer import TrialWriter
 
 from .helpers import quick_config, read_parquet_once
 
@@ -143,7 +136,7 @@ def test_resume_writes_the_rows_a_crash_after_the_checkpoint_left_out(tmp_path, 
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(trial_store, "write_records", killed)
+    monkeypatch.setattr(trial_writer, "write_records", killed)
     with pytest.raises(Killed):
         train(w, history, [metrics(3, top1=40.0)])
     monkeypatch.undo()

@@ -1,0 +1,201 @@
+"""The study commands: ``run``, ``resume``, ``submit``: thin shells over the study layer that
+print what it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import signal
+import sys
+from typing import Any
+
+from cifartune.cli.views import _print_summary
+from cifartune.errors import ConfigError
+from cifartune.study.signals import EXIT_INTERRUPTED
+
+EXIT_FAILED = 1
+
+
+def _print_plan(spec: Any) -> None:
+    import os
+
+    import torch
+
+    from cifartune.config.plan import grid_points, plan
+
+    cpus, gpus = float(os.cpu_count() or 1), float(torch.cuda.device_count())
+    p = plan(spec, cpus=cpus, gpus=gpus)
+    print(
+        f"study {spec.name}: {spec.search.algorithm} search, {spec.scheduler.name} scheduler, "
+        f"metric {spec.metric} ({spec.resolved_mode})"
+    )
+    points = list(grid_points(spec))
+    header = list(points[0]) if points and points[0] else []
+    sampled = [k for k, v in spec.space.items() if not isinstance(v, list)]
+    if spec.search.algorithm == "optuna":
+        lists = [k for k, v in spec.space.items() if isinstance(v, list)]
+        if lists or spec.variants:
+            print(
+                "note: under optuna, lists (and variants) are categorical choices, not a grid: "
+                + ", ".join(lists + (["variant"] if spec.variants else []))
+            )
+        print(
+            f"{p.trials} trials sampled by Optuna TPE (seed {spec.search.seed}) over: "
+            + ", ".join(spec.space)
+        )
+    else:
+        configurations = len(points) // spec.repeats
+        print(
+            f"{configurations} configuration(s) x {spec.repeats} repeat(s) (seeds) x "
+            f"{spec.search.samples} sample(s) = {p.trials} trials"
+            + (f"; each sample draws {', '.join(sampled)}" if sampled else "")
+        )
+        if header:
+            print("  " + "  ".join(f"{h:>16}" for h in header))
+            for point in points[:50]:
+                print("  " + "  ".join(f"{point[h]!s:>16}" for h in header))
+            if len(points) > 50:
+                print(f"  ... {len(points) - 50} more")
+    print(f"epochs: {p.epochs_per_trial} per trial, worst case {p.worst_case_epochs} trial-epochs")
+    if p.expected_epochs is not None:
+        print(
+            f"ASHA: rungs at epochs {p.rungs}, reduction factor {spec.scheduler.reduction_factor}; "
+            f"expected about {p.expected_epochs:.0f} trial-epochs "
+            f"({p.expected_epochs / max(p.worst_case_epochs, 1):.0%} of worst case)"
+        )
+    res = spec.resources
+    print(
+        f"resources: {res.cpus:g} CPU + {res.gpus:g} GPU per trial; this machine has "
+        f"{cpus:g} CPUs, {gpus:g} GPUs -> {p.concurrent} trial(s) at once (limited by "
+        f"{p.bottleneck}), about {p.waves} wave(s)"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cifartune.config.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if args.dry_run:
+        _print_plan(spec)
+        return 0
+    return _run(spec, args, resume=args.resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from cifartune.config.files import load_yaml_text
+    from cifartune.config.spec import LOCATION_KEYS, build_spec
+    from cifartune.store.layout import SPEC_FILE
+    from cifartune.store.study_data import read_study
+
+    directory = read_study(args.results).directory  # a clear error for what is not a study
+    for override in args.overrides:
+        key = override.partition("=")[0].strip().removeprefix("base.")
+        if key not in LOCATION_KEYS:
+            raise ConfigError(
+                f"--set {override}: resume changes only where the data lives "
+                f"({', '.join('base.' + k for k in LOCATION_KEYS)}); to change what is trained, "
+                "run a new study"
+            )
+    stored = directory / SPEC_FILE
+    spec = build_spec(load_yaml_text(stored.read_text(), str(stored)), args.overrides)
+    # The stored spec names the study; its parent is the storage, wherever it has moved to.
+    args.storage = directory.parent.uri
+    if spec.name != directory.name:
+        raise ConfigError(f"{directory}: holds study {spec.name!r}; pass its own directory")
+    return _run(spec, args, resume=True)
+
+
+def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
+    from cifartune.store.layout import STUDY_FILE
+    from cifartune.study.driver import run_study, study_directory
+    from cifartune.study.signals import stop_on_signals
+    from cifartune.study.supervise import end_own_session, run_supervised, supervised
+
+    directory = study_directory(spec, args.storage)
+    if supervised():
+        # Registered before ray.init registers its shutdown, so it runs after it.
+        atexit.register(end_own_session)
+    else:
+        # What fails in seconds fails here, in the process the user started; the study itself
+        # runs in a child of its own session (see ``supervise``).
+        from cifartune.config.plan import data_probes
+        from cifartune.config.spec import trial_config
+        from cifartune.engine.data import describe_source
+
+        describe_source(trial_config(spec, {}).data, also=data_probes(spec))
+        return run_supervised(args.argv)
+    print(f"study {spec.name}: results in {directory}")
+    logging.getLogger("cifartune").setLevel(logging.INFO)
+    # SIGTERM and SIGHUP stop the study like Ctrl-C: Ray Tune's SIGINT handler ends it cleanly
+    # and Ray's processes are shut down on the way out (or, past the deadline, stopped).
+    stop_on_signals()
+
+    def forced_stop(where: Any) -> None:
+        print(_interrupted_hint(where), file=sys.stderr, flush=True)
+
+    try:
+        outcome = run_study(
+            spec,
+            address=args.address,
+            resume=resume,
+            storage=args.storage,
+            verbose=args.verbose > 0,
+            restart_errored=getattr(args, "restart_errored", False),
+            optuna_storage=args.optuna_storage,
+            on_forced_stop=forced_stop,
+        )
+    except KeyboardInterrupt:
+        outcome = None
+    except SystemExit as exc:
+        # SIGTERM while ray.init runs meets Ray's own handler (sys.exit(SIGTERM)) before ours
+        # is back: the same stop.
+        if exc.code != signal.SIGTERM:
+            raise
+        outcome = None
+    if outcome is not None and outcome.already_completed:
+        print(f"the study is already {outcome.state}; nothing to do")
+    if not (directory / STUDY_FILE).is_file():  # stopped before its first trial: nothing kept
+        print("study stopped before any trial ran; nothing was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_summary(directory, hint=False)  # the hint comes once, below
+    if outcome is not None and outcome.state == "failed":
+        print(
+            f"study failed: every trial failed; most common error ({outcome.error}); fix the "
+            f"spec and run it under another name, or rerun its errored trials with: "
+            f"cifartune resume {directory} --restart-errored",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if outcome is None or outcome.state != "completed":
+        print(_interrupted_hint(directory), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"results: {directory}  (report: cifartune report {directory})")
+    return 0
+
+
+def _interrupted_hint(directory: Any) -> str:
+    return f"study interrupted; continue it with: cifartune resume {directory}"
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cifartune.study import submit
+
+    request = submit.prepare_job(args.spec, args.working_dir, args.storage, args.overrides)
+    address = submit.jobs_address(args.address)
+    job_id = submit.submit(request, address)
+    print(f"submitted job {job_id} to {address}: {request.entrypoint}")
+    follow = submit.follow_commands(address, job_id, request.study)
+    print("follow it with:\n  " + "\n  ".join(follow))
+    if not args.wait:
+        return 0
+    try:
+        for chunk in submit.follow(address, job_id):
+            print(chunk, end="", flush=True)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; job {job_id} goes on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    status, code, message = submit.outcome(address, job_id)
+    print(f"job {job_id} {status}" + (f": {message}" if message else ""))
+    return code

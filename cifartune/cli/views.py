@@ -1,0 +1,124 @@
+"""The commands that read a study's files: ``status``, ``export-optuna``, ``dashboard`` and
+``report``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _print_summary(where: Any, *, hint: bool = True) -> None:
+    from cifartune.store.metadata import describe_driver, driver_gone, lock_is_free
+    from cifartune.store.study_data import read_study
+
+    study = read_study(where)
+    directory, meta = study.directory, study.meta
+    state = str(meta.get("state"))
+    if driver_gone(meta, lock_free=lock_is_free(directory)):
+        state = f"interrupted: its {describe_driver(meta)} is gone"
+        study = study.driver_gone()
+    trials = study.trials
+    print(
+        f"study {study.name} [{state}] started {meta.get('started')}"
+        + (f", finished {meta['finished']}" if meta.get("finished") else "")
+    )
+    if state.startswith("interrupted") and hint:
+        print(f"continue it with: cifartune resume {directory}")
+    if meta.get("error"):
+        print(f"every trial failed; most common error: {meta['error']}")
+    if trials.empty:
+        print("no trial has reported yet")
+        return
+    states = trials["stop_reason"].value_counts().to_dict()
+    print(
+        f"trials: {len(trials)} ({', '.join(f'{n} {k}' for k, n in states.items())}); "
+        f"epochs done: {len(study.epochs)}; compute {_hours(trials['cpu_s'].sum())} CPU used "
+        f"({_hours(trials['reserved_cpu_s'].sum())} CPU, "
+        f"{_hours(trials['reserved_gpu_s'].sum())} GPU reserved)"
+    )
+    scored = trials.dropna(subset=["best_metric"])
+    if scored.empty:
+        return
+    best = scored.loc[
+        scored["best_metric"].idxmax() if study.mode == "max" else scored["best_metric"].idxmin()
+    ]
+    factors = ", ".join(f"{k.removeprefix('config/')}={best[k]}" for k in study.factor_keys())
+    if study.has_variants():
+        factors = f"variant={best['variant']} {factors}"
+    print(
+        f"best so far: {study.metric} {best['best_metric']:.3f} (trial {best['trial_id']}, "
+        f"epoch {int(best['best_epoch'])}) {factors}"
+    )
+    if not study.test.empty:
+        top = study.test[study.test["rank"] == 1]
+        print(
+            f"test set (best configuration, {len(top)} repeat(s)): top1 "
+            f"{top['test/top1'].mean():.2f}% (per repeat: "
+            f"{', '.join(f'{v:.2f}' for v in top['test/top1'])})"
+        )
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if not args.watch:
+        _print_summary(args.results)
+        return 0
+    from cifartune.study.signals import stop_on_signals
+    from cifartune.views.status import CLEAR_SCREEN, follow
+
+    stop_on_signals()
+    try:
+        for frame in follow(args.results, interval=args.interval):
+            print(CLEAR_SCREEN + frame + "(Ctrl-C to stop watching)", end="", flush=True)
+    except KeyboardInterrupt:
+        pass
+    print()
+    return 0
+
+
+def cmd_export_optuna(args: argparse.Namespace) -> int:
+    from cifartune.store.optuna_mirror import export_optuna, load_study_code, storage_location
+
+    args.storage = args.storage or _stored_optuna_storage(args.results)
+    mirror = export_optuna(args.results, args.storage)
+    name = mirror.study.study_name
+    where = storage_location(args.results, args.storage)
+    print(f"Optuna study {name!r}: {len(mirror.study.trials)} trials in {where}")
+    print("open it in Python with:\n" + load_study_code(args.results, args.storage, name))
+    storage = f" --storage {args.storage}" if args.storage else ""
+    print(f"or in a browser with: cifartune dashboard {args.results}{storage}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from cifartune.views.dashboard import serve_dashboard
+
+    def ready(url: str) -> None:
+        print(f"optuna-dashboard: {url}  (Ctrl-C to stop)", flush=True)
+
+    storage = args.storage or _stored_optuna_storage(args.results)
+    serve_dashboard(args.results, host=args.host, port=args.port, storage_url=storage, ready=ready)
+    return 0
+
+
+def _stored_optuna_storage(results: Path) -> str | None:
+    """The --optuna-storage the study ran with (study.json), so nobody retypes it."""
+    from cifartune.store.study_data import read_study
+
+    stored = read_study(results).meta.get("optuna_storage")
+    return str(stored) if stored else None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cifartune.views.reports import build_report
+
+    report = build_report(args.results, args.out, args.title)
+    print(
+        f"report: {report.out / 'report.html'} ({len(report.images)} figures; "
+        f"summary {report.out / 'summary.md'})"
+    )
+    return 0

@@ -1,0 +1,148 @@
+"""The shape every config and spec section shares: frozen pydantic models whose unknown keys,
+wrong types and out-of-range values are errors, and the one-line-per-problem messages that name
+the field, the value it got and the rule it broke; dotted keys to and from nested trees.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from cifartune.errors import ConfigError
+
+BOOLEAN_RULE = "a boolean is not a number; write a number"
+
+
+def reject_boolean_number(value: Any, annotation: Any) -> Any:
+    """`value`, unless it is a bool given to a field of `annotation` that takes numbers.
+
+    YAML reads true/yes/on as True, and pydantic's lax mode would take it as 1 (false as 0):
+    ``epochs: yes`` would train one epoch. The rule holds for int and float fields, optional
+    or not, but not for a field that also takes bools.
+    """
+    union = get_origin(annotation) in (Union, types.UnionType)
+    members = get_args(annotation) if union else (annotation,)
+    if isinstance(value, bool) and bool not in members and any(m in (int, float) for m in members):
+        raise ValueError(BOOLEAN_RULE)
+    return value
+
+
+class FrozenModel(BaseModel):
+    """Unknown keys are errors; values are frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Section(FrozenModel):
+    """Base of the config and spec sections: unknown keys are errors, values are frozen, and
+    no number field takes a boolean."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        return reject_boolean_number(value, field.annotation if field else None)
+
+
+def _fields_at(model: type[BaseModel], loc: Iterable[Any]) -> list[str] | None:
+    """The valid field names of the section that `loc` (a pydantic error location) points into;
+    None where it leads into a free-form mapping (a spec's space) rather than a section."""
+    current: type[BaseModel] = model
+    for part in loc:
+        field = current.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        current = annotation
+    return list(current.model_fields)
+
+
+def _user_location(loc: Iterable[Any]) -> list[str]:
+    """A pydantic error location as the user wrote it: without pydantic's names for union
+    members and validators (``list[any]``, ``tagged-union[...]``, ``function-after[...]``),
+    nor the discriminator value that follows a tagged union (``float`` in a distribution)."""
+    parts: list[str] = []
+    skip_tag = False
+    for part in map(str, loc):
+        if skip_tag:
+            skip_tag = False
+        elif "[" in part or part.startswith("function-"):
+            skip_tag = part.startswith("tagged-union[")
+        else:
+            parts.append(part)
+    return parts
+
+
+def describe_validation_error(
+    error: ValidationError, model: type[BaseModel], prefix: str = ""
+) -> str:
+    """One line per problem: ``field = value: rule``, with a "did you mean" for unknown keys."""
+    items = error.errors()
+    # A union member rejected only for its type ("should be a valid list" for a distribution's
+    # mapping) is noise when another member got far enough to name the real problem.
+    named = [_user_location(i["loc"]) for i in items if not i["type"].endswith("_type")]
+    lines = []
+    for item in items:
+        loc = _user_location(item["loc"])
+        if item["type"].endswith("_type") and any(n[: len(loc)] == loc for n in named):
+            continue
+        field = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            if valid is None:
+                lines.append(f"{field}: unknown key")
+                continue
+            close = difflib.get_close_matches(loc[-1], valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"{field}: unknown key{hint} (valid keys: {', '.join(valid)})")
+        elif item["type"] in ("value_error", "assertion_error") and not loc:
+            lines.append(message)
+        else:
+            lines.append(f"{field} = {item['input']!r}: {message}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``key="a.b"``, creating sections as needed."""
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def flatten(config: BaseModel | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.1, ...}``: the flat, JSON-friendly view used for Ray and Parquet columns."""
+    tree = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        set_dotted(tree, key, value)
+    return tree
+
+
+def _deep_copy(tree: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in tree.items()}

@@ -1,0 +1,7 @@
+"""The study's files: where they live in a results directory, how tables and checkpoints are
+written and read back, a trial's own files, study.json, and the Optuna mirror.
+
+May import :mod:`cifartune.config`, :mod:`cifartune.errors`, :mod:`cifartune.storage`, pandas,
+pyarrow and Optuna; torch only in :mod:`.checkpoints` and :mod:`.trial_writer` (the views
+never import those); never the engine, the driver, views or Ray.
+"""

@@ -1,0 +1,118 @@
+"""A study's results directory read back with pandas only (no Ray, no GPU, no torch)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cifartune.errors import StudyDirError
+from cifartune.storage import Location
+from cifartune.store.columns import (
+    CONFIG_PREFIX,
+    ENDED_AT,
+    ENGINE_METRICS,
+    STARTED_AT,
+    TRIAL_COLUMNS,
+)
+from cifartune.store.layout import EPOCHS_DIR, SPEC_FILE, STUDY_FILE, TEST_FILE, TRIALS_FILE
+from cifartune.store.summary import resummarize
+from cifartune.store.tables import as_timestamps, read_optional_table, read_parquet_dir
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """Everything a study wrote, read back with pandas only (no Ray, no GPU)."""
+
+    directory: Location
+    meta: dict[str, Any]
+    spec: dict[str, Any]
+    epochs: pd.DataFrame
+    trials: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.directory.name))
+
+    @property
+    def metric(self) -> str:
+        return str(self.spec.get("metric", "val/top1"))
+
+    @property
+    def mode(self) -> str:
+        return _mode(self.spec)
+
+    def factor_keys(self) -> list[str]:
+        """Config columns of the spec's search space that vary across trials (the variants,
+        which change several keys at once, are the ``variant`` column instead)."""
+        space = self.spec.get("space") or {}
+        keys = [CONFIG_PREFIX + k for k in space if CONFIG_PREFIX + k in self.trials]
+        return [k for k in keys if self.trials[k].astype(str).nunique() > 1]
+
+    def has_variants(self) -> bool:
+        return bool(self.spec.get("variants")) and "variant" in self.trials
+
+    def driver_gone(self) -> StudyData:
+        """The study as its dead driver left it: trials it had running or queued are
+        interrupted (resumed later), not running."""
+        live = self.trials["state"].isin(["RUNNING", "PENDING", "PAUSED"])
+        if not live.any():
+            return self
+        trials = self.trials.copy()
+        trials.loc[live, ["state", "stop_reason"]] = ["INTERRUPTED", "interrupted"]
+        return replace(self, trials=trials)
+
+
+def _mode(spec: Mapping[str, Any]) -> str:
+    if spec.get("mode"):
+        return str(spec["mode"])
+    return "min" if str(spec.get("metric", "val/top1")).endswith("loss") else "max"
+
+
+def read_study(where: Path | str | Location) -> StudyData:
+    """Load a study results directory (a path or URI), or raise StudyDirError saying what is
+    missing."""
+    import yaml
+
+    directory = Location.of(where)
+    meta_path = directory / STUDY_FILE
+    if not meta_path.is_file():
+        if not directory.is_dir():
+            raise StudyDirError(f"{directory}: no such directory")
+        raise StudyDirError(
+            f"{directory}: not a cifartune study results directory (no {STUDY_FILE}); "
+            "pass the directory `cifartune run` printed, e.g. results/<study name>"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StudyDirError(f"{meta_path}: unreadable ({exc})") from None
+    spec_path = directory / SPEC_FILE
+    spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else {}
+    # The trial table first: epochs read after it are at least as new as its states.
+    trials = read_optional_table(directory / TRIALS_FILE)
+    epochs = read_parquet_dir(directory / EPOCHS_DIR)
+    if epochs.empty:  # a study that has not reported yet still has the columns readers use
+        epochs = pd.DataFrame(columns=["trial_id", "group", "variant", "seed", *ENGINE_METRICS])
+    epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)
+    as_timestamps(epochs, ENDED_AT)  # results of older versions hold Unix seconds
+    if trials.empty:
+        trials = pd.DataFrame(columns=TRIAL_COLUMNS)
+    else:
+        resources = (spec or {}).get("resources") or {}
+        trials = resummarize(
+            trials,
+            epochs,
+            str((spec or {}).get("metric", "val/top1")),
+            _mode(spec or {}),
+            float(resources.get("cpus", 1)),
+            float(resources.get("gpus", 0)),
+        )
+    as_timestamps(trials, STARTED_AT)
+    test = read_optional_table(directory / TEST_FILE)
+    return StudyData(directory, meta, spec or {}, epochs, trials, test)

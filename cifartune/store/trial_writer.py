@@ -1,0 +1,202 @@
+"""A trial's own files in its study directory, written by the trial process itself:
+
+  epochs/<trial>.parquet          one row per finished epoch, rewritten whole (atomically)
+  checkpoints/<trial>/latest.pt   the newest checkpoint (each ``checkpoint.every`` epochs, the last)
+  checkpoints/<trial>/best.pt     the model of the best epoch so far by the study metric
+  checkpoints/<trial>/failed.txt  the error that ended the trial for good (config or data)
+
+Nothing here depends on Ray's own checkpoints, which a resumed experiment can name after
+``num_to_keep`` deleted them. Within one epoch the checkpoints are written first, then the row:
+a crash between the two leaves a checkpoint one epoch ahead of the rows, and the resumed trial
+writes the missing row from the checkpoint's history, so no finished epoch is recomputed
+(with ``checkpoint.every: 1``) and none is stored twice.
+
+Except where the trial surely goes on: there a background thread writes both, in that order,
+while the next epoch trains, so a synced 5-10 MB file is not on the trial's critical path. The
+next epoch's files wait for it, and so does the trial's end. A crash during that write loses the
+epoch's files, as a crash during the epoch would; the driver may read the epoch's row a moment
+after Ray told it of the epoch, and reads it at the trial's next event. An epoch after which
+the scheduler may stop the trial (ASHA's rungs), the last epoch, and the first after a resume
+are written before ``record`` returns: Ray ends a stopped trial's process at the end of a study
+without waiting for its threads, and files in flight would be lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+from cifartune.storage import Location
+from cifartune.store.checkpoints import better, discard_trial_files, load_state, save_state
+from cifartune.store.columns import epoch_records
+from cifartune.store.layout import BEST, LATEST, checkpoint_dir, epochs_path
+from cifartune.store.tables import read_records, write_records
+
+log = logging.getLogger(__name__)
+
+
+class TrialWriter:
+    """Writes one trial's checkpoints and epoch rows; resumes them from its files.
+
+    `sample` identifies the trial's configuration: a checkpoint saved under another sample
+    (Ray can hand a trial id that a lost snapshot never saw to a new configuration) is not
+    resumed from but discarded. `stops_at` holds the epochs after which the scheduler may end
+    the trial early; checkpoints of the other epochs are written in the background (see the
+    module docstring); None: any epoch, so all are written before `record` returns. Use the
+    writer as a context manager around the training: leaving it waits for the last write.
+    """
+
+    def __init__(
+        self,
+        directory: Location,
+        trial_id: str,
+        *,
+        sample: Mapping[str, Any],
+        flat_config: Mapping[str, Any],
+        keys: Mapping[str, Any],
+        metric: str,
+        mode: str,
+        every: int,
+        extras: Mapping[str, Any],
+        stops_at: Collection[int] | None = None,
+    ):
+        self.directory, self.trial_id = directory, trial_id
+        self.sample = dict(sample)
+        self.flat, self.keys, self.extras = dict(flat_config), dict(keys), dict(extras)
+        self.metric, self.mode, self.every = metric, mode, every
+        self.folder = checkpoint_dir(directory, trial_id)
+        self.rows: list[dict[str, Any]] = []  # as written to the epoch file, by epoch
+        self.best: float | None = None
+        self.ran: dict[int, dict[str, Any]] = {}  # epoch -> pid, node and end time
+        self.stops_at = None if stops_at is None else frozenset(stops_at)
+        self.just_resumed = False  # resumed, and no epoch recorded since
+        self._background: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> TrialWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._finish_pending()
+        except Exception:
+            if error is None:
+                raise
+            log.exception("trial %s: writing an epoch's files failed too", self.trial_id)
+        finally:
+            if self._background is not None:
+                self._background.shutdown()
+
+    def resume(self) -> dict[str, Any] | None:
+        """The latest checkpoint of this trial, with the rows and best value made to agree
+        with it; None (and the trial's old files gone) when it has to start from scratch."""
+        latest = self.folder / LATEST
+        state = load_state(latest) if latest.is_file() else None
+        if state is not None and state.get("sample") != self.sample:
+            log.warning("trial %s: checkpoint of another configuration discarded", self.trial_id)
+            state = None
+        if state is None:
+            discard_trial_files(self.directory, self.trial_id)
+            return None
+        done = int(state["epoch"])
+        kept = [row for row in self._stored_rows() if row["epoch"] <= done]
+        have = {row["epoch"] for row in kept}
+        self.ran = {int(e): dict(r) for e, r in state.get("ran", {}).items()}
+        # Written to the checkpoint, not yet to the rows: the rows come from it.
+        missing = [
+            {**m, **self.ran.get(int(m["epoch"]), {})}
+            for m in state["history"]
+            if m["epoch"] not in have
+        ]
+        self.rows = sorted(kept + self._rows(missing), key=lambda row: row["epoch"])
+        self.best = state.get("best_metric")
+        self._write_rows(self.rows)
+        self.just_resumed = True
+        return state
+
+    def record(self, metrics: Mapping[str, Any], state: Callable[[], dict[str, Any]]) -> None:
+        """One finished epoch: checkpoints (when due), then its row; where the trial surely goes
+        on, in the background (see the module docstring)."""
+        epoch = int(metrics["epoch"])
+        value = metrics.get(self.metric)
+        improved = better(value, self.best, self.mode)
+        if improved:
+            self.best = float(metrics[self.metric])
+        last = epoch == self.flat["epochs"] or bool(metrics.get("diverged"))
+        due = last or epoch % self.every == 0
+        # Where and when the epoch ran: kept in the checkpoint too, so a row rebuilt from it
+        # (see resume) is the row this process would have written.
+        self.ran[epoch] = {**self.extras, "time/ended_at": time.time()}
+        self._finish_pending()  # the previous epoch's files first: one write in flight
+        first_after_resume, self.just_resumed = self.just_resumed, False
+        # state() is a copy: a background write may run while training goes on.
+        full = None
+        if improved or due:
+            full = {
+                **state(),
+                "sample": self.sample,
+                "best_metric": self.best,
+                "ran": dict(self.ran),
+            }
+        row = self._rows([{**metrics, **self.ran[epoch]}])
+        self.rows = [r for r in self.rows if r["epoch"] < epoch] + row
+        write = functools.partial(self._write_epoch, full, improved, due, list(self.rows))
+        if not self._goes_on_after(epoch, last, first_after_resume):
+            write()
+            return
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="cifartune-writer")
+        self._pending = self._background.submit(write)
+
+    def _goes_on_after(self, epoch: int, last: bool, first_after_resume: bool) -> bool:
+        """Whether nothing can end the trial after `epoch` but a crash or an interrupt."""
+        if last or self.stops_at is None or epoch in self.stops_at:
+            return False
+        # A resumed trial's first epoch: a scheduler restored with the experiment may not know
+        # the rungs this trial passed, and decide at whatever epoch it reports first.
+        return not first_after_resume
+
+    def _write_epoch(
+        self, full: dict[str, Any] | None, improved: bool, due: bool, rows: list[dict[str, Any]]
+    ) -> None:
+        """An epoch's checkpoints (`full` when any is written), then the rows up to it."""
+        # best.pt: what scoring reads (epoch, metric, model, sample, precision). When the
+        # latest checkpoint is due too it is that file, linked rather than written twice.
+        best = {**full, "metric": full["best_metric"]} if full is not None and improved else None
+        if full is not None and due:
+            save_state(best or full, self.folder / LATEST)
+            if best is not None:
+                (self.folder / LATEST).link_to(self.folder / BEST)
+        elif best is not None:
+            keep = ("epoch", "metric", "model", "sample", "precision")
+            save_state({k: best[k] for k in keep if k in best}, self.folder / BEST)
+        self._write_rows(rows)
+
+    def _finish_pending(self) -> None:
+        """Wait for the epoch's files in flight, raising their write's error (a full disk)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _stored_rows(self) -> list[dict[str, Any]]:
+        path = epochs_path(self.directory, self.trial_id)
+        if not path.is_file():
+            return []
+        return read_records(path)
+
+    def _rows(self, history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return epoch_records(history, self.flat, **self.keys)
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            write_records(rows, epochs_path(self.directory, self.trial_id))

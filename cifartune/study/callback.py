@@ -1,0 +1,161 @@
+"""The driver's Ray callback: the trial table and the Optuna mirror, kept up to date from Ray's
+trial events as the study runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.experiment import Trial
+
+from cifartune.config.base import flatten
+from cifartune.config.spec import StudySpec, trial_config
+from cifartune.storage import Location
+from cifartune.store.checkpoints import set_aside_orphans
+from cifartune.store.optuna_mirror import OptunaMirror
+from cifartune.study.recorder import StudyRecorder, TrialEvent
+
+log = logging.getLogger(__name__)
+
+
+class StudyCallback(tune.Callback):
+    """Keeps ``trials.parquet`` up to date as the study runs (driver side).
+
+    The recorder is built in ``setup``, which Ray calls on every start, also after
+    ``Tuner.restore`` (which unpickles this object as it was before any trial ran): its state is
+    read from the results directory, never from that pickle.
+    """
+
+    def __init__(self, directory: Location, spec: StudySpec, optuna_storage: str | None = None):
+        self.directory, self.spec, self.optuna_storage = directory, spec, optuna_storage
+        self.recorder: StudyRecorder | None = None
+        self.mirror: OptunaMirror | None = None
+        self._changed: dict[str, dict[str, Any]] = {}  # rows not mirrored yet, by trial
+
+    def setup(self, *args: Any, **info: Any) -> None:
+        spec = self.spec
+        self.recorder = StudyRecorder(
+            self.directory,
+            lambda sample: flatten(trial_config(spec, sample)),
+            spec.metric,
+            spec.resolved_mode,
+            spec.resources.cpus,
+            spec.resources.gpus,
+        )
+        self.mirror = self._open_mirror()
+        self._changed = {}
+
+    def _open_mirror(self) -> OptunaMirror | None:
+        """The study's Optuna mirror (optuna.journal beside the results, or --optuna-storage);
+        an object store holds no journal file, so there it needs --optuna-storage."""
+        if not self.directory.local and self.optuna_storage is None:
+            log.info("no Optuna mirror: results in an object store need --optuna-storage URL")
+            return None
+        local = self.directory.local_path if self.directory.local else Path(".")
+        try:
+            return OptunaMirror(local, self.spec.model_dump(mode="json"), self.optuna_storage)
+        except Exception as exc:  # a view of the results: it must not stop the study
+            log.warning("Optuna mirror unavailable (%s); rebuild it with export-optuna", exc)
+            return None
+
+    @property
+    def _recorder(self) -> StudyRecorder:
+        if self.recorder is None:
+            self.setup()
+        assert self.recorder is not None
+        return self.recorder
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
+        self._sync(trials, trial)
+        log.info(
+            "trial %s epoch %d: val/top1 %.2f val/loss %.3f (%.1fs)%s",
+            trial.trial_id,
+            result["epoch"],
+            result["val/top1"],
+            result["val/loss"],
+            result["time/epoch_s"],
+            "  diverged" if result.get("diverged") else "",
+        )
+
+    def on_trial_start(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._recorder.record_start(trial.trial_id)
+        self._sync(trials, trial)
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._recorder.record_complete(trial.trial_id)
+        self._sync(trials, trial)
+        log.info("trial %s finished", trial.trial_id)
+
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._sync(trials, trial)
+        log.warning(
+            "trial %s errored: %s (details: %s)",
+            trial.trial_id,
+            _error_text(trial),
+            trial.error_file,
+        )
+
+    def on_trial_recover(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        self._recorder.record_retry(trial.trial_id, _error_text(trial))
+        self._sync(trials, trial)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self._sync(trials)
+        self._recorder.flush()
+        self._update_mirror()
+        set_aside_orphans(self.directory, {t.trial_id for t in trials})
+
+    def _sync(self, trials: list[Trial], touched: Trial | None = None) -> None:
+        """The trial table, for the trial the event is about and, when the table is due to be
+        written, any trial whose state changed (a dictionary lookup per trial: per event, that
+        would grow with the study; each change Ray makes to a running trial has an event of its
+        own); the mirror follows whenever the table is written (at most every few seconds: each
+        Optuna journal write is a synced disk write, several per epoch otherwise)."""
+        recorder = self._recorder
+        touched_id = touched.trial_id if touched is not None else None
+        candidates = trials if touched is None or recorder.write_due() else [touched]
+        events = [
+            TrialEvent(t.trial_id, t.status, t.config, functools.partial(_error_text, t))
+            for t in candidates
+            if t.trial_id == touched_id or recorder.needs_update(t.trial_id, t.status)
+        ]
+        writes = recorder.writes
+        self._changed.update(
+            {row["trial_id"]: row for row in recorder.record_events(events, touched_id)}
+        )
+        if recorder.writes != writes:
+            self._update_mirror()
+
+    def _update_mirror(self) -> None:
+        """The mirror, for the trials that changed since its last update."""
+        changed, self._changed = self._changed, {}
+        if self.mirror is None:
+            return
+        try:  # in trial-id order, so a mirror rebuilt from Parquet numbers its trials the same
+            for trial_id in sorted(changed):
+                self.mirror.update(changed[trial_id], self._recorder.trial_epochs(trial_id))
+        except Exception as exc:  # the Parquet files stay the truth; the mirror is rebuilt later
+            log.warning("Optuna mirror stopped (%s); rebuild it with export-optuna", exc)
+            self.mirror = None
+
+
+def _error_text(trial: Trial) -> str | None:
+    path = trial.error_file
+    if not path or not Path(path).is_file():
+        return None
+    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:500] if lines else None

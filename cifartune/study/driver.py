@@ -1,0 +1,278 @@
+"""Running a study: the Ray runtime, the Tuner (or its restore over the results directory), and
+the test-set scoring of the best configurations once the search is over (ownership of the
+results directory is in ``claim``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from cifartune.config.plan import data_probes, trial_count
+from cifartune.config.spec import StudySpec, spec_hash, trial_config
+from cifartune.engine.data import describe_source, load_arrays
+from cifartune.errors import ConfigError
+from cifartune.storage import Location
+from cifartune.store.checkpoints import (
+    discard_trial_files,
+    read_failure,
+    set_aside_orphans,
+)
+from cifartune.store.columns import EFFECTIVE_PREFIX
+from cifartune.store.layout import (
+    EPOCHS_DIR,
+    LOCK_FILE,
+    RAY_DIR,
+    SPEC_FILE,
+    TEST_FILE,
+    TRIALS_FILE,
+)
+from cifartune.store.metadata import StudyMetadata, describe_driver, now
+from cifartune.store.tables import atomic_write_text, read_optional_table, write_table
+from cifartune.study.claim import check_writable, claim
+from cifartune.study.cluster import check_trials_fit
+from cifartune.study.environment import environment
+from cifartune.study.runtime import (
+    check_results_shared,
+    init_ray,
+    local_runtime_dead,
+    stop_local_runtime,
+)
+from cifartune.study.scoring import score_best_on_test
+from cifartune.study.signals import stop_deadline
+from cifartune.study.supervise import end_own_session, user_pid
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    directory: Location
+    state: str  # completed | failed | interrupted
+    trials: pd.DataFrame
+    test: pd.DataFrame
+    already_completed: bool = False  # resumed a finished (completed or failed) study: nothing ran
+    error: str | None = None  # failed: the most common error of its trials
+
+
+def study_directory(spec: StudySpec, storage: str | None = None) -> Location:
+    """``<storage>/<name>``: a local directory or an object-store URI (see ``storage``)."""
+    try:
+        return Location.of(storage or spec.storage) / spec.name
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"storage = {storage or spec.storage!r}: {exc}") from None
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    storage: str | None = None,
+    verbose: bool = False,
+    restart_errored: bool = False,
+    optuna_storage: str | None = None,
+    on_forced_stop: Callable[[Location], None] | None = None,
+) -> StudyOutcome:
+    """Run (or resume) `spec` on Ray; results land under ``storage/name`` as the study goes.
+
+    The data source is checked before anything is written. A start that fails before any trial
+    reported leaves nothing behind (a new directory is removed, a resumed one keeps its state);
+    a failure or interrupt after that leaves the study interrupted and resumable. A stop signal
+    that cannot end the study cleanly in time (see ``signals``) marks it interrupted, calls
+    `on_forced_stop` and ends the process.
+    """
+    from filelock import FileLock, Timeout
+
+    directory = study_directory(spec, storage)
+    describe_source(trial_config(spec, {}).data, also=data_probes(spec))
+    fresh = not directory.exists()
+    check_writable(directory)
+    # One driver per study: a file lock on a local disk; in an object store, which has none,
+    # the claim below refuses a study whose driver's heartbeat is fresh.
+    lock = FileLock(str((directory / LOCK_FILE).local_path)) if directory.local else None
+    try:
+        if lock is not None:
+            # A few seconds: a driver killed with its supervisor may still be exiting.
+            lock.acquire(timeout=3)
+    except Timeout:
+        holder = StudyMetadata(directory).read() or {}
+        raise ConfigError(
+            f"{directory} is in use by another cifartune run ({describe_driver(holder)}); "
+            f"follow it with: cifartune status {directory}, or use another --storage"
+        ) from None
+    metadata = StudyMetadata(directory)
+    failed_before_trials = False
+
+    def force_stop() -> None:
+        metadata.stop_heartbeat()
+        if metadata.data:
+            metadata.write(state="interrupted", finished=now())
+        stop_local_runtime()
+        end_own_session()
+        if on_forced_stop is not None:
+            on_forced_stop(directory)
+
+    try:
+        with stop_deadline(force_stop, local_runtime_dead):
+            return _run_locked(
+                spec, directory, metadata, address, resume, verbose, restart_errored, optuna_storage
+            )
+    except BaseException:
+        failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(".parquet"))
+        if metadata.data and not failed_before_trials:
+            metadata.write(state="interrupted", finished=now())
+        raise
+    finally:
+        metadata.stop_heartbeat()
+        if lock is not None:
+            lock.release()
+        if failed_before_trials:
+            directory.rmtree()
+
+
+def _run_locked(
+    spec: StudySpec,
+    directory: Location,
+    metadata: StudyMetadata,
+    address: str | None,
+    resume: bool,
+    verbose: bool,
+    restart_errored: bool,
+    optuna_storage: str | None,
+) -> StudyOutcome:
+    from ray import tune
+
+    from cifartune.study.callback import StudyCallback
+    from cifartune.study.search import scheduler, search_algorithm, search_space
+    from cifartune.study.trainable import train_trial
+
+    previous = claim(directory, spec, resume)
+    ended = previous.get("state") if previous is not None else None
+    if ended == "completed" or (ended == "failed" and not restart_errored):
+        return StudyOutcome(
+            directory, str(ended), _read_trials(directory), pd.DataFrame(), True,
+            error=previous.get("error") if previous else None,
+        )  # fmt: skip
+    metadata.data = previous or {
+        "name": spec.name,
+        "spec_hash": spec_hash(spec),
+        "started": now(),
+        **environment(),
+    }
+    metadata.write(
+        state="running",
+        host=socket.gethostname(),
+        pid=user_pid(),  # the command the user started, the one to signal
+        driver_pid=os.getpid(),  # the process running the study (its supervised child)
+        resumed=[*metadata.data.get("resumed", []), now()] if previous else [],
+        address=address,
+        optuna_storage=optuna_storage or metadata.data.get("optuna_storage"),
+    )
+    metadata.start_heartbeat()
+    atomic_write_text(
+        directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    )
+    # The data first: an unreadable file fails here in a second, not after a Ray start.
+    arrays = load_arrays(trial_config(spec, {}).data)
+    init_ray(address, verbose)
+    check_results_shared(directory)
+    check_trials_fit(spec.resources.cpus, spec.resources.gpus)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),
+        {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
+    )
+    storage_path, ray_filesystem = directory.for_ray()
+    ray_path = f"{storage_path}/{RAY_DIR}"
+    if previous is not None and tune.Tuner.can_restore(ray_path, ray_filesystem):
+        if restart_errored:
+            for trial_id in _errored_trials(directory):
+                discard_trial_files(directory, trial_id)
+        tuner = tune.Tuner.restore(
+            ray_path,
+            trainable,
+            storage_filesystem=ray_filesystem,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=restart_errored,
+        )
+    else:
+        # Killed before Ray's first snapshot: no trial can be resumed under its id.
+        set_aside_orphans(directory, set())
+        (directory / TRIALS_FILE).unlink()
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric,
+                mode=spec.resolved_mode,
+                search_alg=search_algorithm(spec),
+                scheduler=scheduler(spec),
+                num_samples=spec.search.samples,
+                # One trial process per slot for the whole study: imports, the data from the
+                # object store and its device copy are paid once per process, not per trial
+                # (everything a trial sets, seeds and threads included, is set anew by fit).
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=RAY_DIR,
+                storage_path=storage_path,
+                storage_filesystem=ray_filesystem,
+                callbacks=[StudyCallback(directory, spec, metadata.data["optuna_storage"])],
+                failure_config=tune.FailureConfig(max_failures=spec.retries),
+                verbose=0,
+            ),
+        )
+    tuner.fit()
+    trials = _read_trials(directory)
+    finished = not trials.empty and trials["state"].isin(["TERMINATED", "ERROR"]).all()
+    finished = finished and len(trials) >= trial_count(spec)
+    test = pd.DataFrame()
+    error = most_common_error(trials) if finished else None
+    if error is not None:
+        state = "failed"
+    elif finished:
+        state = "completed"
+        test = score_best_on_test(spec, arrays, trials, directory)
+        if not test.empty:
+            write_table(test, directory / TEST_FILE)
+    else:
+        state = "interrupted"
+    metadata.stop_heartbeat()
+    metadata.write(state=state, finished=now(), error=error, effective=effective_summary(trials))
+    return StudyOutcome(directory, state, trials, test, error=error)
+
+
+def effective_summary(trials: pd.DataFrame) -> dict[str, list[Any]]:
+    """What the study's trials really ran with (``effective/*``), each key's distinct values
+    across trials (study.json): e.g. precision ["bf16"] where ``auto`` picked it everywhere."""
+    columns = [c for c in trials.columns if c.startswith(EFFECTIVE_PREFIX)]
+    return {
+        c.removeprefix(EFFECTIVE_PREFIX): sorted(trials[c].dropna().unique().tolist(), key=str)
+        for c in columns
+    }
+
+
+def most_common_error(trials: pd.DataFrame) -> str | None:
+    """When every trial of a finished study failed: its most common error, with how many trials
+    it ended ("3 of 4 trials: DataError: ..."); None when any trial ran to a result."""
+    if trials.empty or not (trials["stop_reason"] == "error").all():
+        return None
+    errors = trials["error"].fillna("(no error text)").value_counts()
+    return f"{errors.iloc[0]} of {len(trials)} trials: {errors.index[0]}"
+
+
+def _read_trials(directory: Location) -> pd.DataFrame:
+    return read_optional_table(directory / TRIALS_FILE)
+
+
+def _errored_trials(directory: Location) -> list[str]:
+    """Trials that errored after their retries, less those a config or data error ended for
+    good (Ray holds those as finished, and the same spec would fail them the same way)."""
+    trials = _read_trials(directory)
+    errored = [] if trials.empty else trials.loc[trials["state"] == "ERROR", "trial_id"]
+    return [t for t in errored if read_failure(directory, t) is None]

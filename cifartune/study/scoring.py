@@ -1,0 +1,64 @@
+"""The test-set scoring of a study's best configurations, once its search is over."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from cifartune.config.spec import StudySpec, trial_config
+from cifartune.engine.data import CifarArrays
+from cifartune.storage import Location
+from cifartune.store.checkpoints import (
+    load_state,
+)
+from cifartune.store.layout import (
+    BEST,
+    checkpoint_dir,
+)
+
+log = logging.getLogger(__name__)
+
+
+def score_best_on_test(
+    spec: StudySpec, arrays: CifarArrays, trials: pd.DataFrame, directory: Location
+) -> pd.DataFrame:
+    """Score each repeat of the `spec.test_best` best configurations once on the test set, from
+    its best-validation checkpoint (``best.pt``, saved whenever the metric improved). Ranking
+    uses the mean over repeats."""
+    from cifartune.engine.device import resolve_device
+    from cifartune.engine.loop import score_on_test
+    from cifartune.engine.splits import trial_data
+
+    if spec.test_best == 0:
+        return pd.DataFrame()
+    scored = trials.dropna(subset=["best_metric"])
+    if scored.empty:
+        return pd.DataFrame()
+    means = scored.groupby("group")["best_metric"].mean()
+    best_groups = means.sort_values(ascending=spec.resolved_mode == "min").index[: spec.test_best]
+    rows = []
+    device = resolve_device("auto")
+    for rank, group in enumerate(best_groups, start=1):
+        for trial in scored[scored["group"] == group].itertuples():
+            path = checkpoint_dir(directory, str(trial.trial_id)) / BEST
+            if not path.is_file():
+                log.warning("trial %s has no best checkpoint; not scored on test", trial.trial_id)
+                continue
+            best = load_state(path, device)
+            config = trial_config(spec, best["sample"]).model_copy(update={"device": device.type})
+            data = trial_data(arrays, config)  # once per data split, not once per trial
+            rows.append(
+                {
+                    "study": spec.name,
+                    "rank": rank,
+                    "group": group,
+                    "trial_id": trial.trial_id,
+                    "seed": trial.seed,
+                    "variant": trial.variant,
+                    "epoch": best["epoch"],
+                    spec.metric: best["metric"],
+                    **score_on_test(config, data, best),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,84 @@
+"""The search space, searcher and scheduler a study spec asks Ray Tune for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import (
+    BasicVariantGenerator,
+    ConcurrencyLimiter,
+    SearchAlgorithm,
+    Searcher,
+)
+from ray.tune.search.optuna import OptunaSearch
+
+from cifartune.config.distributions import CategoricalDistribution, FloatDistribution
+from cifartune.config.plan import asha_rungs, max_epochs
+from cifartune.config.spec import SEED_KEY, VARIANT_KEY, StudySpec
+
+
+def search_space(spec: StudySpec) -> dict[str, Any]:
+    """The Ray ``param_space``: lists become grid axes (categorical choices under Optuna, which
+    cannot take ``grid_search``), distributions their Tune namesakes, repeats a seed grid."""
+    optuna = spec.search.algorithm == "optuna"
+
+    def axis(values: list[Any]) -> Any:
+        return tune.choice(values) if optuna else tune.grid_search(values)
+
+    space: dict[str, Any] = {}
+    if spec.variants:
+        space[VARIANT_KEY] = axis(list(spec.variants))
+    for key, dim in spec.space.items():
+        if isinstance(dim, list):
+            space[key] = axis(dim)
+        elif isinstance(dim, CategoricalDistribution):
+            space[key] = tune.choice(dim.choices)
+        elif isinstance(dim, FloatDistribution):
+            space[key] = (tune.loguniform if dim.log else tune.uniform)(dim.low, dim.high)
+        else:  # Tune's integer ranges exclude `high`; Optuna's (and ours) include it
+            space[key] = (tune.lograndint if dim.log else tune.randint)(dim.low, dim.high + 1)
+    if spec.repeats > 1:
+        base_seed = int(spec.base.get(SEED_KEY, 0))
+        space[SEED_KEY] = tune.grid_search([base_seed + i for i in range(spec.repeats)])
+    return space
+
+
+def search_algorithm(spec: StudySpec) -> SearchAlgorithm | Searcher:
+    """The searcher, with ``resources.max_concurrent`` applied to it: Ray ignores the Tuner's
+    ``max_concurrent_trials`` for a variant generator built by hand, so it is given here."""
+    limit = spec.resources.max_concurrent or 0
+    if spec.search.algorithm == "optuna":
+        searcher = OptunaSearch(metric=spec.metric, mode=spec.resolved_mode, seed=spec.search.seed)
+        return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
+    # constant_grid_search: one random draw per sample, shared by every grid point of it, so
+    # the seeds of a repeated configuration really repeat it (Ray's default draws anew for each
+    # seed, turning "mean over repeats" into a best-of-N).
+    return BasicVariantGenerator(
+        max_concurrent=limit,
+        random_state=spec.search.seed,
+        constant_grid_search=spec.search.algorithm == "random",
+    )
+
+
+def scheduler(spec: StudySpec) -> TrialScheduler:
+    sched = spec.scheduler
+    if sched.name == "asha":
+        # Our epoch, not Ray's training_iteration: a trial resumed from our own checkpoint
+        # starts a new Ray iteration count, but its epochs go on.
+        return ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_epochs(spec),
+            grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def scheduler_stops(spec: StudySpec) -> frozenset[int]:
+    """Epochs after which the scheduler may end a trial before its last: ASHA's rungs and its
+    max_t (below the trial's epochs when ``scheduler.max_epochs`` says so); FIFO: none."""
+    if spec.scheduler.name == "asha":
+        return frozenset([*asha_rungs(spec), max_epochs(spec)])
+    return frozenset()

@@ -1,0 +1,96 @@
+"""The Ray trainable, run in the trial processes: a thin shell around
+:func:`cifartune.engine.loop.fit`: sampled flat config in, typed config built by the spec,
+per-epoch ``tune.report``; checkpoints and epoch rows go to the results directory
+(:mod:`cifartune.store.trial_writer`), not through Ray, so resuming never depends on which
+checkpoints Ray's snapshot remembers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import ray
+from ray import tune
+
+from cifartune.config.base import flatten
+from cifartune.config.spec import StudySpec, trial_config
+from cifartune.engine.data import CifarArrays
+from cifartune.engine.effective import effective_settings
+from cifartune.engine.loop import CpuClock, fit
+from cifartune.engine.run import Metrics, StateThunk
+from cifartune.engine.splits import trial_data
+from cifartune.errors import CifartuneError
+from cifartune.storage import Location
+from cifartune.store.checkpoints import record_failure
+from cifartune.store.columns import trial_keys
+from cifartune.store.trial_writer import TrialWriter
+from cifartune.study.search import scheduler_stops
+
+log = logging.getLogger(__name__)
+
+
+def _ray_safe(metrics: Metrics, metric: str, mode: str) -> Metrics:
+    """A non-finite selection metric (a diverged trial's loss) becomes the worst possible value,
+    so ASHA ranks it last and Optuna records a bad trial instead of failing it on NaN."""
+    value = metrics.get(metric)
+    if isinstance(value, float) and not math.isfinite(value):
+        return {**metrics, metric: -math.inf if mode == "max" else math.inf}
+    return metrics
+
+
+def train_trial(
+    sample: dict[str, Any], *, arrays: CifarArrays, spec: StudySpec, directory: str
+) -> None:
+    """The Ray trainable: one trial of `spec` on the shared `arrays`.
+
+    It resumes from its own latest checkpoint in the results directory (a retry after a crash,
+    or a resumed study), writes its checkpoints and epoch rows there, and reports each epoch to
+    Ray for the scheduler and searcher. A config or data error (no retry can fix it) ends the
+    trial at once: it is recorded in the trial's files and the trial returns, so Ray does not
+    retry it; the driver reads it back as the trial's error.
+    """
+    trial_id = tune.get_context().get_trial_id()
+    location = Location.of(directory)
+    reported = False
+    try:
+        config = trial_config(spec, sample)
+        flat = flatten(config)
+        data = trial_data(arrays, config)
+        writer = TrialWriter(
+            location,
+            trial_id,
+            sample=sample,
+            flat_config=flat,
+            keys=trial_keys(trial_id, flat, sample, study=spec.name),
+            metric=spec.metric,
+            mode=spec.resolved_mode,
+            every=spec.checkpoint.every,
+            stops_at=scheduler_stops(spec),
+            extras={
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(),
+                **effective_settings(config, data),
+            },
+        )
+        cpu = CpuClock()
+
+        def report(metrics: Metrics, state: StateThunk) -> None:
+            nonlocal reported
+            cpu.measure(metrics)
+            writer.record(metrics, state)
+            tune.report(_ray_safe(metrics, spec.metric, spec.resolved_mode))
+            reported = True
+
+        with writer:
+            result = fit(config, data, report=report, resume=writer.resume())
+    except CifartuneError as exc:
+        log.error("trial %s cannot run: %s", trial_id, exc)
+        record_failure(location, trial_id, f"{type(exc).__name__}: {exc}")
+        return
+    if not reported and result.history:
+        # Resumed from a checkpoint of its last epoch (it finished after Ray's last snapshot):
+        # nothing left to train, but the scheduler and searcher still get its final result.
+        tune.report(_ray_safe(result.history[-1], spec.metric, spec.resolved_mode))
