@@ -23,13 +23,16 @@ from typing import Any
 from pyarrow import fs
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: set it back at once
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only read it by setting
+    it, a race once threads write files): Linux's /proc, else the usual 022."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def is_uri(text: str) -> bool:
@@ -177,7 +180,7 @@ class Location:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             # mkstemp makes the file 0600; a results directory is shared as the umask allows.
-            os.fchmod(fd, 0o666 & ~_UMASK)
+            os.fchmod(fd, 0o666 & ~current_umask())
             with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)
                 handle.flush()

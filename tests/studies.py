@@ -75,6 +75,7 @@ def fabricate_study(
     import math
 
     from cifartune.config.base import flatten
+    from cifartune.config.resolved import resolve
     from cifartune.config.spec import build_spec, spec_hash, trial_config
     from cifartune.store.columns import epoch_records, trial_keys
     from cifartune.store.tables import write_records, write_table
@@ -105,7 +106,7 @@ def fabricate_study(
         study_dir,
         lambda s: resolve_flat(spec, s),
         spec.metric,
-        spec.resolved_mode,
+        resolve(spec).mode,
         spec.resources.cpus,
         spec.resources.gpus,
     )

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from cifartune.cli.main import main
-from cifartune.config.plan import data_probes
+from cifartune.config.resolved import resolve
 from cifartune.config.spec import build_spec, trial_config
 from cifartune.engine.data import describe_source, load_arrays
 from cifartune.engine.splits import to_device
@@ -212,7 +212,8 @@ def test_the_failing_trial_passes_the_checks_and_fails_in_its_trial(tmp_path):
     # The premise of the next test, without Ray: every check before the start passes, and only
     # the "fails" variant's data setup raises, naming the field.
     spec = build_spec({"name": "tiny", **_failing_trial_spec(tmp_path)})
-    describe_source(trial_config(spec, {}).data, also=data_probes(spec))
+    resolved = resolve(spec)
+    describe_source(resolved.base.data, also=resolved.data_probes)
     arrays = load_arrays(trial_config(spec, {}).data)
     for variant in ("ok", "diverges"):
         to_device(arrays, trial_config(spec, {"variant": variant}).data, torch.device("cpu"))

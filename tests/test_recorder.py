@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from cifartune.config.base import flatten
+from cifartune.config.resolved import resolve
 from cifartune.config.spec import build_spec, trial_config
 from cifartune.storage import Location
 from cifartune.store.checkpoints import record_failure
@@ -147,7 +148,7 @@ def test_the_callback_mirrors_only_the_trial_an_event_is_about(tmp_path, n):
 
     for i in range(n):
         _write_epochs(tmp_path, f"t{i}", 1)
-    callback = StudyCallback(Location.of(tmp_path), SPEC)
+    callback = StudyCallback(Location.of(tmp_path), resolve(SPEC))
     callback.setup()
     updates = []
     update = callback.mirror.update

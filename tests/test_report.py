@@ -4,12 +4,14 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from cifartune.store.study_data import StudyData, read_study
 from cifartune.views.reports import build_report, difference, estimate
-from cifartune.views.reports.stats import fmt_estimate, overfitting_table
+from cifartune.views.reports.stats import fmt_estimate, overfitting_table, t95
 from cifartune.views.reports.verdicts import Outcome, effect
 
 from .helpers import CHROMIUM, headless_chromium, run_cli
@@ -133,7 +135,7 @@ def test_grid_report_has_its_views_and_true_tables(tmp_path):
     trials = table_after(text, "All trials")
     assert "class='sortable'" in trials and trials.count("<tr>") == 1 + 12
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert re.search(r"\| 0.1 \| 128 \| 2 \| 55.50 \(55.00, 56.00\)", summary)
+    assert re.search(r"\| 0.1 +\| 128 +\| 2 +\| 55.50 \(55.00, 56.00\)", summary)
 
 
 def test_ablation_report_judges_findings_with_three_outcomes(tmp_path):
@@ -213,12 +215,25 @@ def test_spec_and_result_text_is_escaped_everywhere(tmp_path):
 def test_estimate_and_welch_difference_match_hand_computation():
     est = estimate(pd.Series([1.0, 2.0, 3.0]))
     assert (est.mean, est.n) == (2.0, 3) and est.half == pytest.approx(4.303 / 3**0.5, rel=1e-3)
-    # Welch: var 1/3 + 4/3 = 5/3; df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2) = 2.94 -> t(2) = 4.303
+    # Welch: var 1/3 + 4/3 = 5/3; df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2) = 2.94, t(2.94) = 3.219
     diff = difference([4.0, 5.0, 6.0], [0.0, 2.0, 4.0])
-    assert diff.mean == 3.0 and diff.half == pytest.approx(4.303 * math.sqrt(5 / 3), rel=1e-3)
+    assert diff.mean == 3.0 and diff.half == pytest.approx(3.2188 * math.sqrt(5 / 3), rel=1e-3)
     # One side measured once: the other side's one-sample interval.
     assert difference([10.0], [1.0, 2.0, 3.0]).half == pytest.approx(est.half, rel=1e-6)
     assert fmt_estimate([8.0, 9.0]) == "8.5 (8.0, 9.0)"  # n = 2: the seeds, no ± 6.4
+
+
+@pytest.mark.parametrize("df", [1, 2, 2.94, 10, 30, 31, 47.5, 200])
+def test_t_quantiles_and_welch_intervals_agree_with_scipy(df):
+    # A table once rounded df = 31 to 2.0365 (exact: 2.0395): intervals narrower than stated.
+    assert t95(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), rel=1e-9)
+    rng = np.random.default_rng(int(df * 10))
+    a, b = rng.normal(1.0, 1.0, 5), rng.normal(0.0, 3.0, 9)
+    ours = difference(a, b)
+    welch = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (ours.low, ours.high) == pytest.approx((welch.low, welch.high), rel=1e-9)
+    one = scipy_stats.ttest_1samp(b, 0.0).confidence_interval(0.95)
+    assert (estimate(b).low, estimate(b).high) == pytest.approx((one.low, one.high), rel=1e-9)
 
 
 def test_effect_has_three_outcomes_on_unrounded_numbers():

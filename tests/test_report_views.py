@@ -235,7 +235,7 @@ def test_tables_have_named_headers_and_markdown_does_not_promise_sorting(tmp_pat
     assert "ASHA rungs" in tables and "All trials" in tables
     for caption, frame in tables.items():
         assert all(str(c).strip() for c in frame.columns), caption
-    assert "Click" not in summary and "| what |" in summary
+    assert "Click" not in summary and re.search(r"\| what +\|", summary)
     assert re.search(r"All trials</h3>.*?</table></div><p class='note'>Click a column", html, re.S)
 
 

@@ -9,7 +9,7 @@ import torch
 from cifartune.config.spec import build_spec, trial_config
 from cifartune.engine.data import load_bundled
 from cifartune.engine.loop import fit
-from cifartune.engine.splits import trial_data
+from cifartune.engine.splits import device_data
 
 from .helpers import REPO, without_timings
 
@@ -29,10 +29,10 @@ import json, sys
 from cifartune.config.spec import build_spec, trial_config
 from cifartune.engine.data import load_bundled
 from cifartune.engine.loop import fit
-from cifartune.engine.splits import trial_data
+from cifartune.engine.splits import device_data
 spec = build_spec(json.loads(sys.argv[1]))
 config = trial_config(spec, json.loads(sys.argv[2])).model_copy(update={"threads": None})
-result = fit(config, trial_data(load_bundled(), config))
+result = fit(config, device_data(load_bundled(), config))
 import torch
 print(json.dumps({"history": result.history, "threads": torch.get_num_threads()}))
 """
@@ -45,9 +45,9 @@ def _b_config():
 def test_a_reused_process_trains_the_second_trial_as_a_fresh_one():
     arrays = load_bundled()
     first = trial_config(SPEC, TRIAL_A)
-    fit(first, trial_data(arrays, first))
+    fit(first, device_data(arrays, first))
     torch.manual_seed(123)  # whatever else a previous trial left in the global generators
-    reused = fit(_b_config(), trial_data(arrays, _b_config())).history
+    reused = fit(_b_config(), device_data(arrays, _b_config())).history
     threads = torch.get_num_threads()
     fresh = subprocess.run(
         [sys.executable, "-c", FRESH, SPEC.model_dump_json(), json.dumps(TRIAL_B)],
@@ -64,6 +64,6 @@ def test_a_reused_process_trains_the_second_trial_as_a_fresh_one():
 def test_the_device_copy_is_made_once_per_data_split():
     arrays = load_bundled()
     a, b = trial_config(SPEC, TRIAL_A), _b_config()
-    assert trial_data(arrays, a) is trial_data(arrays, b)  # same split: the same tensors
+    assert device_data(arrays, a) is device_data(arrays, b)  # same split: the same tensors
     other = trial_config(SPEC, {**TRIAL_B, "data.train_subset": 100})
-    assert len(trial_data(arrays, other).train_y) == 100
+    assert len(device_data(arrays, other).train_y) == 100

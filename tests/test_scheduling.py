@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from cifartune.config.resolved import resolve
 from cifartune.config.spec import build_spec
 from cifartune.study.search import scheduler
 from cifartune.study.trainable import _ray_safe
@@ -21,9 +22,10 @@ def asha(**fields):
             "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2, **fields},
         }
     )
-    sched = scheduler(spec)
+    resolved = resolve(spec)
+    sched = scheduler(resolved)
     # What the Tuner does with the TuneConfig's metric and mode.
-    assert sched.set_search_properties(spec.metric, spec.resolved_mode)
+    assert sched.set_search_properties(spec.metric, resolved.mode)
     return sched
 
 
@@ -65,7 +67,7 @@ def test_asha_max_epochs_caps_the_budget_and_fifo_stops_nothing():
     sched = asha(max_epochs=2)
     trial = add(sched, "t")
     assert sched.on_trial_result(None, trial, result(2, 50.0, 2)) == STOP
-    fifo = scheduler(build_spec({"name": "s", "scheduler": {"name": "fifo"}}))
+    fifo = scheduler(resolve(build_spec({"name": "s", "scheduler": {"name": "fifo"}})))
     assert isinstance(fifo, FIFOScheduler)
     assert fifo.on_trial_result(None, trial, result(2, 0.0, 2)) == CONTINUE
 

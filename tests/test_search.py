@@ -7,6 +7,7 @@ import pytest
 from ray.tune.search.sample import Categorical, Float, Integer
 
 from cifartune.config.base import flatten
+from cifartune.config.resolved import resolve
 from cifartune.config.spec import build_spec, trial_config
 from cifartune.engine.model import build_model
 from cifartune.storage import Location
@@ -65,7 +66,7 @@ def test_max_concurrent_reaches_every_searcher():
         spec = build_spec(
             {"name": "s", "search": {"algorithm": algorithm}, "resources": {"max_concurrent": 3}}
         )
-        generator = search_algorithm(spec)
+        generator = search_algorithm(resolve(spec))
         assert isinstance(generator, BasicVariantGenerator) and generator.max_concurrent == 3
     optuna = build_spec(
         {
@@ -75,7 +76,7 @@ def test_max_concurrent_reaches_every_searcher():
             "resources": {"max_concurrent": 3},
         }
     )
-    limited = search_algorithm(optuna)
+    limited = search_algorithm(resolve(optuna))
     assert isinstance(limited, ConcurrencyLimiter) and limited.max_concurrent == 3
 
 
@@ -107,7 +108,7 @@ def test_best_configurations_by_mean_over_repeats_scored_from_their_best_checkpo
         state = {"epoch": n + 1, "metric": value, "model": model.state_dict(), "sample": sample}
         save_state(state, checkpoint_dir(directory, f"t{n}") / BEST)
         rows.append({**keys, "best_metric": value, "best_epoch": 3})
-    test = score_best_on_test(spec, synthetic_arrays(), pd.DataFrame(rows), directory)
+    test = score_best_on_test(resolve(spec), synthetic_arrays(), pd.DataFrame(rows), directory)
     assert test["group"].drop_duplicates().tolist() == [group_of[v] for v in scored_groups]
     assert test["rank"].tolist() == [r for r in range(1, test_best + 1) for _ in range(2)]
     # Each repeat once, from its own best checkpoint (the epoch stored in best.pt).

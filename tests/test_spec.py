@@ -1,6 +1,7 @@
 import pytest
 
-from cifartune.config.plan import expected_asha_epochs, grid_points, plan, trial_count
+from cifartune.config.expand import expected_asha_epochs, grid_points, trial_count
+from cifartune.config.resolved import plan, resolve
 from cifartune.config.spec import build_spec, spec_hash, trial_config
 from cifartune.errors import ConfigError
 
@@ -73,16 +74,17 @@ def test_asha_expected_epochs_is_below_the_worst_case():
         scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 3},
     )
     # rungs 1, 3, 9: 27 trials x 1 + 9 x 2 + 3 x 6 + 1 x 18 epochs
-    assert expected_asha_epochs(s, 27) == pytest.approx(27 + 18 + 18 + 18)
-    p = plan(s, cpus=4, gpus=0)
+    assert expected_asha_epochs([1, 3, 9], 27, 3, 27) == pytest.approx(27 + 18 + 18 + 18)
+    p = plan(resolve(s), cpus=4, gpus=0)
+    assert p.expected_epochs == pytest.approx(27 + 18 + 18 + 18)
     assert p.worst_case_epochs == 27 * 27 and p.rungs == [1, 3, 9]
 
 
 def test_plan_packs_fractional_gpus():
     s = spec(space={"optim.lr": [0.1, 0.2, 0.3, 0.4, 0.5]}, resources={"cpus": 2, "gpus": 0.25})
-    p = plan(s, cpus=16, gpus=1)
+    p = plan(resolve(s), cpus=16, gpus=1)
     assert p.concurrent == 4 and p.bottleneck == "GPUs" and p.waves == 2
-    assert plan(s, cpus=4, gpus=1).bottleneck == "CPUs"
+    assert plan(resolve(s), cpus=4, gpus=1).bottleneck == "CPUs"
 
 
 def test_hash_ignores_storage_but_not_the_design():

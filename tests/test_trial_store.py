@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cifartune.config.base import flatten
+from cifartune.config.resolved import resolve
 from cifartune.config.spec import build_spec
 from cifartune.storage import Location
 from cifartune.store import trial_writer
@@ -224,7 +225,7 @@ def test_a_trial_without_files_starts_from_scratch(tmp_path):
 def test_best_is_the_best_epoch_in_the_metrics_direction(
     tmp_path, metric, curve, best_epoch, every
 ):
-    mode = build_spec({"name": "s", "metric": metric}).resolved_mode  # as the trainable gets it
+    mode = resolve(build_spec({"name": "s", "metric": metric})).mode  # as the trainable gets it
     assert mode == ("max" if metric == "val/top1" else "min")
     w = writer(tmp_path, epochs=5, every=every, metric=metric, mode=mode)
     name = metric.split("/")[1]
@@ -262,7 +263,7 @@ def test_saved_state_loads_back_from_a_location(tmp_path):
     [("val/top1", "max"), ("val/top5", "max"), ("val/loss", "min"), ("train/loss", "min")],
 )
 def test_the_direction_follows_the_metric(metric, mode):
-    assert build_spec({"name": "s", "metric": metric}).resolved_mode == mode
+    assert resolve(build_spec({"name": "s", "metric": metric})).mode == mode
 
 
 def test_the_seed_repeats_of_a_configuration_share_its_group():

@@ -82,16 +82,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from cifartune.config.plan import data_probes, trial_count
-    from cifartune.config.spec import load_spec, trial_config
+    from cifartune.config.resolved import resolve
+    from cifartune.config.spec import load_spec
     from cifartune.engine.data import describe_source
 
-    spec = load_spec(args.spec, args.overrides)
+    resolved = resolve(load_spec(args.spec, args.overrides))
+    spec = resolved.spec
     # What depends on the data too (a subset larger than the images), for every configuration
     # the study can run, from the data's file headers: no image is loaded.
-    data = describe_source(trial_config(spec, {}).data, also=data_probes(spec))
+    data = describe_source(resolved.base.data, also=resolved.data_probes)
     print(
-        f"{args.spec}: valid study '{spec.name}' ({trial_count(spec)} trials, "
+        f"{args.spec}: valid study '{spec.name}' ({resolved.trials} trials, "
         f"{spec.search.algorithm} search, {spec.scheduler.name} scheduler; data: {data})"
     )
     return 0

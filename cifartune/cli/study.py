@@ -12,24 +12,27 @@ import sys
 from typing import Any
 
 from cifartune.cli.views import _print_summary
+from cifartune.config.resolved import ResolvedSpec
 from cifartune.errors import ConfigError
 from cifartune.study.signals import EXIT_INTERRUPTED
 
 EXIT_FAILED = 1
 
 
-def _print_plan(spec: Any) -> None:
+def _print_plan(resolved: ResolvedSpec) -> None:
     import os
 
     import torch
 
-    from cifartune.config.plan import grid_points, plan
+    from cifartune.config.expand import grid_points
+    from cifartune.config.resolved import plan
 
+    spec = resolved.spec
     cpus, gpus = float(os.cpu_count() or 1), float(torch.cuda.device_count())
-    p = plan(spec, cpus=cpus, gpus=gpus)
+    p = plan(resolved, cpus=cpus, gpus=gpus)
     print(
         f"study {spec.name}: {spec.search.algorithm} search, {spec.scheduler.name} scheduler, "
-        f"metric {spec.metric} ({spec.resolved_mode})"
+        f"metric {spec.metric} ({resolved.mode})"
     )
     points = list(grid_points(spec))
     header = list(points[0]) if points and points[0] else []
@@ -74,9 +77,10 @@ def _print_plan(spec: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cifartune.config.resolved import resolve
     from cifartune.config.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = resolve(load_spec(args.spec, args.overrides))
     if args.dry_run:
         _print_plan(spec)
         return 0
@@ -85,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from cifartune.config.files import load_yaml_text
+    from cifartune.config.resolved import resolve
     from cifartune.config.spec import LOCATION_KEYS, build_spec
     from cifartune.store.layout import SPEC_FILE
     from cifartune.store.study_data import read_study
@@ -104,27 +109,25 @@ def cmd_resume(args: argparse.Namespace) -> int:
     args.storage = directory.parent.uri
     if spec.name != directory.name:
         raise ConfigError(f"{directory}: holds study {spec.name!r}; pass its own directory")
-    return _run(spec, args, resume=True)
+    return _run(resolve(spec), args, resume=True)
 
 
-def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
+def _run(spec: ResolvedSpec, args: argparse.Namespace, *, resume: bool) -> int:
     from cifartune.store.layout import STUDY_FILE
-    from cifartune.study.driver import run_study, study_directory
+    from cifartune.study.driver import RunOptions, run_study, study_directory
     from cifartune.study.signals import stop_on_signals
     from cifartune.study.supervise import end_own_session, run_supervised, supervised
 
-    directory = study_directory(spec, args.storage)
+    directory = study_directory(spec.spec, args.storage)
     if supervised():
         # Registered before ray.init registers its shutdown, so it runs after it.
         atexit.register(end_own_session)
     else:
         # What fails in seconds fails here, in the process the user started; the study itself
         # runs in a child of its own session (see ``supervise``).
-        from cifartune.config.plan import data_probes
-        from cifartune.config.spec import trial_config
         from cifartune.engine.data import describe_source
 
-        describe_source(trial_config(spec, {}).data, also=data_probes(spec))
+        describe_source(spec.base.data, also=spec.data_probes)
         return run_supervised(args.argv)
     print(f"study {spec.name}: results in {directory}")
     logging.getLogger("cifartune").setLevel(logging.INFO)
@@ -136,16 +139,15 @@ def _run(spec: Any, args: argparse.Namespace, *, resume: bool) -> int:
         print(_interrupted_hint(where), file=sys.stderr, flush=True)
 
     try:
-        outcome = run_study(
-            spec,
+        options = RunOptions(
             address=args.address,
             resume=resume,
             storage=args.storage,
             verbose=args.verbose > 0,
             restart_errored=getattr(args, "restart_errored", False),
             optuna_storage=args.optuna_storage,
-            on_forced_stop=forced_stop,
         )
+        outcome = run_study(spec, options, on_forced_stop=forced_stop)
     except KeyboardInterrupt:
         outcome = None
     except SystemExit as exc:

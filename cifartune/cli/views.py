@@ -95,7 +95,10 @@ def cmd_export_optuna(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    from cifartune.study.signals import stop_on_signals
     from cifartune.views.dashboard import serve_dashboard
+
+    stop_on_signals()  # SIGTERM (a service manager, `timeout`) stops it as Ctrl-C does
 
     def ready(url: str) -> None:
         print(f"optuna-dashboard: {url}  (Ctrl-C to stop)", flush=True)

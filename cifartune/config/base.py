@@ -6,52 +6,25 @@ the field, the value it got and the rule it broke; dotted keys to and from neste
 from __future__ import annotations
 
 import difflib
-import types
 from collections.abc import Iterable, Mapping
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cifartune.errors import ConfigError
 
 BOOLEAN_RULE = "a boolean is not a number; write a number"
+# Strict mode's errors for a value that is not a number where one is expected.
+NUMBER_TYPES = ("int_type", "float_type")
 
 
-def reject_boolean_number(value: Any, annotation: Any) -> Any:
-    """`value`, unless it is a bool given to a field of `annotation` that takes numbers.
+class Section(BaseModel):
+    """Base of every config and spec section: unknown keys are errors; values are frozen once
+    validated; types are strict (pydantic's strict mode): YAML reads true/yes/on as True, which
+    lax mode would take as 1 (``epochs: yes`` would train one epoch), and no string stands for
+    a number."""
 
-    YAML reads true/yes/on as True, and pydantic's lax mode would take it as 1 (false as 0):
-    ``epochs: yes`` would train one epoch. The rule holds for int and float fields, optional
-    or not, but not for a field that also takes bools.
-    """
-    union = get_origin(annotation) in (Union, types.UnionType)
-    members = get_args(annotation) if union else (annotation,)
-    if isinstance(value, bool) and bool not in members and any(m in (int, float) for m in members):
-        raise ValueError(BOOLEAN_RULE)
-    return value
-
-
-class FrozenModel(BaseModel):
-    """Unknown keys are errors; values are frozen once validated."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class Section(FrozenModel):
-    """Base of the config and spec sections: unknown keys are errors, values are frozen, and
-    no number field takes a boolean."""
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields.get(info.field_name or "")
-        return reject_boolean_number(value, field.annotation if field else None)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 def _fields_at(model: type[BaseModel], loc: Iterable[Any]) -> list[str] | None:
@@ -98,6 +71,8 @@ def describe_validation_error(
             continue
         field = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] in NUMBER_TYPES and isinstance(item["input"], bool):
+            message = BOOLEAN_RULE  # "should be a valid integer" would puzzle: true is 1
         if item["type"] == "extra_forbidden":
             valid = _fields_at(model, loc[:-1])
             if valid is None:

@@ -1,15 +1,15 @@
 """A spec's search-space dimensions, written to mirror Optuna's distributions: ``float`` and
 ``int`` (with ``log``), ``categorical``; a plain list is a grid axis. Translated to Ray Tune in
-:mod:`cifartune.tuning`, to Optuna in :mod:`cifartune.optuna_mirror`.
+:mod:`cifartune.study.search`, to Optuna in :mod:`cifartune.store.optuna_mirror`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from cifartune.config.base import FrozenModel, reject_boolean_number
+from cifartune.config.base import Section
 
 
 def _check_range(low: float, high: float, log: bool) -> None:
@@ -19,18 +19,7 @@ def _check_range(low: float, high: float, log: bool) -> None:
         raise ValueError(f"log: true needs low > 0 (got {low})")
 
 
-class _Distribution(FrozenModel):
-    """A member of the discriminated union :data:`Distribution`. Pydantic refuses a
-    before-validator on the `type` tag, so Section's rule that a boolean is not a number is
-    applied to the bounds by name."""
-
-    @field_validator("low", "high", mode="before", check_fields=False)
-    @classmethod
-    def _no_boolean_bounds(cls, value: Any, info: ValidationInfo) -> Any:
-        return reject_boolean_number(value, cls.model_fields[str(info.field_name)].annotation)
-
-
-class FloatDistribution(_Distribution):
+class FloatDistribution(Section):
     type: Literal["float"]
     low: float
     high: float
@@ -42,7 +31,7 @@ class FloatDistribution(_Distribution):
         return self
 
 
-class IntDistribution(_Distribution):
+class IntDistribution(Section):
     type: Literal["int"]
     low: int
     high: int
@@ -54,7 +43,7 @@ class IntDistribution(_Distribution):
         return self
 
 
-class CategoricalDistribution(_Distribution):
+class CategoricalDistribution(Section):
     type: Literal["categorical"]
     choices: list[Any] = Field(min_length=1)
 

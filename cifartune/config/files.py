@@ -4,6 +4,7 @@ Python tags are refused; ``--set key=value`` overrides are parsed as YAML values
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,15 @@ class StrictLoader(yaml.SafeLoader):
             if first is not key_node.start_mark:
                 raise DuplicateKeyError(key, first, key_node.start_mark)
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 and 1.0e3 as strings, YAML 1.2 and every other tool as floats:
+# a strictly typed config would refuse `lr: 1e-3`. Scientific notation is read as a float.
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def _load_strict(text: str) -> Any:

@@ -43,6 +43,12 @@ PRACTICAL_WORK = "practical-work"
 REPRODUCIBLE = (PRACTICAL_WORK,)
 
 
+def metric_mode(metric: str, mode: str | None = None) -> str:
+    """The direction in which `metric` is better: the spec's `mode` where it gives one, else
+    the metric's own (min for a loss, max for an accuracy)."""
+    return mode or METRIC_MODES.get(metric, "max")
+
+
 class SearchSpec(Section):
     algorithm: Literal["grid", "random", "optuna"] = "grid"
     samples: int = Field(1, ge=1, le=100_000, description="draws for random/optuna")
@@ -113,10 +119,6 @@ class StudySpec(Section):
                 f"unknown work; allowed: {', '.join(REPRODUCIBLE)} (or leave the key out)"
             )
         return value
-
-    @property
-    def resolved_mode(self) -> str:
-        return self.mode or METRIC_MODES.get(self.metric, "max")
 
 
 def _check_study(spec: StudySpec, base: TrialConfig) -> None:

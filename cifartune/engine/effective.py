@@ -1,7 +1,7 @@
 """What a run really ran with, where its config leaves the choice to the machine or to a
 default: the device, the precision ``auto`` picked, the CPU threads, the optimizer's momentum,
-the split sizes. Recorded beside the requested config (``effective/<key>`` columns), so a
-result says what produced it on whichever machine it ran.
+the split sizes. Recorded beside the requested config (the store's ``effective/<key>``
+columns), so a result says what produced it on whichever machine it ran.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 from cifartune.config.trial import TrialConfig
 from cifartune.engine.device import DEFAULT_THREADS, resolve_precision
 from cifartune.engine.splits import DeviceData
-from cifartune.store.columns import EFFECTIVE_PREFIX
 
 # Optimizers that take a momentum (torch's SGD and RMSprop); Adam's kind have betas instead.
 WITH_MOMENTUM = ("sgd", "momentum", "nesterov", "rmsprop")
@@ -33,11 +32,11 @@ def cpu_model() -> str:
 
 
 def effective_settings(config: TrialConfig, data: DeviceData) -> dict[str, Any]:
-    """``effective/<key>`` -> value for a run of `config` on `data` (its device and split)."""
+    """Setting -> the value a run of `config` on `data` (its device and split) uses for it."""
     device = data.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     optim = config.optim
-    values = {
+    return {
         "device": str(device),
         "device_name": name,
         "precision": resolve_precision(config.precision, device),
@@ -46,4 +45,3 @@ def effective_settings(config: TrialConfig, data: DeviceData) -> dict[str, Any]:
         "data.val_size": len(data.val_y),
         "data.train_subset": len(data.train_y),
     }
-    return {EFFECTIVE_PREFIX + key: value for key, value in values.items()}

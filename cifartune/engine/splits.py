@@ -144,7 +144,7 @@ def to_device(arrays: CifarArrays, cfg: DataConfig, device: torch.device) -> Dev
 _device_data: dict[tuple[Any, ...], DeviceData] = {}
 
 
-def trial_data(arrays: CifarArrays, config: TrialConfig) -> DeviceData:
+def device_data(arrays: CifarArrays, config: TrialConfig) -> DeviceData:
     """`arrays` split and copied to the trial's device, once per process and data split (the
     trials of a study differ in what they train, rarely in which images)."""
     device = resolve_device(config.device)

@@ -5,6 +5,7 @@ configuration group, variant, seed), the metrics, ``config/*`` for what was aske
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -28,12 +29,19 @@ TRIAL_COLUMNS = (
 # What a trial really ran with, where the config leaves it to the machine (precision auto,
 # threads all, momentum by optimizer, validation 10%...): ``effective/<key>`` columns.
 EFFECTIVE_PREFIX = "effective/"
+
+
+def effective_columns(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``effective/<key>`` columns of what a run really ran with (engine.effective)."""
+    return {EFFECTIVE_PREFIX + key: value for key, value in settings.items()}
+
+
 # Keys that vary between repeats of one configuration, or only say where it ran or where its
 # data lives (a study resumed elsewhere keeps its groups).
 NOT_CONFIGURATION = ("seed", "threads", "device", "data.dir", "data.download")
 
 
-def _scalar(value: Any) -> Any:
+def column_value(value: Any) -> Any:
     """Parquet columns need one type; lists (an augmentation tuple) become 'a+b' strings, as
     the config files write them (``none`` for no augmentation)."""
     if isinstance(value, list | tuple):
@@ -46,15 +54,16 @@ def epoch_records(
 ) -> list[dict[str, Any]]:
     """Metrics per epoch, plus identifying `keys` and the flat config as ``config/<key>``, as
     plain rows (:func:`write_records` writes them)."""
-    config = {CONFIG_PREFIX + name: _scalar(value) for name, value in flat_config.items()}
+    config = {CONFIG_PREFIX + name: column_value(value) for name, value in flat_config.items()}
     return [{**keys, "epoch": m["epoch"], **m, **config} for m in history]
 
 
 def group_id(flat_config: Mapping[str, Any]) -> str:
     """Same id for the repeats (seeds) of one configuration."""
-    import hashlib
 
-    identity = {k: _scalar(v) for k, v in sorted(flat_config.items()) if k not in NOT_CONFIGURATION}
+    identity = {
+        k: column_value(v) for k, v in sorted(flat_config.items()) if k not in NOT_CONFIGURATION
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
         :10
     ]

@@ -46,9 +46,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from cifartune.config.spec import METRIC_MODES, VARIANT_KEY
+from cifartune.config.spec import VARIANT_KEY, metric_mode
 from cifartune.errors import CifartuneError
-from cifartune.store.columns import CONFIG_PREFIX, _scalar
+from cifartune.store.columns import CONFIG_PREFIX, column_value
 from cifartune.store.layout import EPOCHS_DIR, TRIALS_FILE
 from cifartune.store.study_data import read_study
 from cifartune.store.summary import epochs_by_trial, metric_value
@@ -118,13 +118,13 @@ def space_distributions(spec: Mapping[str, Any]) -> dict[str, BaseDistribution]:
         distributions[VARIANT_KEY] = CategoricalDistribution(list(spec["variants"]))
     for key, dim in (spec.get("space") or {}).items():
         if isinstance(dim, list):
-            distributions[key] = CategoricalDistribution([_scalar(v) for v in dim])
+            distributions[key] = CategoricalDistribution([column_value(v) for v in dim])
         elif dim["type"] == "float":
             distributions[key] = FloatDistribution(dim["low"], dim["high"], log=dim["log"])
         elif dim["type"] == "int":
             distributions[key] = IntDistribution(dim["low"], dim["high"], log=dim["log"])
         else:
-            distributions[key] = CategoricalDistribution([_scalar(v) for v in dim["choices"]])
+            distributions[key] = CategoricalDistribution([column_value(v) for v in dim["choices"]])
     return distributions
 
 
@@ -155,7 +155,7 @@ class OptunaMirror:
         self, directory: Path, spec: Mapping[str, Any], storage_url: str | None = None
     ) -> None:
         self.metric = str(spec.get("metric", "val/top1"))
-        mode = spec.get("mode") or METRIC_MODES.get(self.metric, "max")
+        mode = metric_mode(self.metric, spec.get("mode"))
         self.distributions = space_distributions(spec)
         self.storage = open_storage(directory, storage_url)
         direction = StudyDirection.MAXIMIZE if mode == "max" else StudyDirection.MINIMIZE

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from cifartune.config.spec import metric_mode
 from cifartune.errors import StudyDirError
 from cifartune.storage import Location
 from cifartune.store.columns import (
@@ -45,7 +45,7 @@ class StudyData:
 
     @property
     def mode(self) -> str:
-        return _mode(self.spec)
+        return metric_mode(self.metric, self.spec.get("mode"))
 
     def factor_keys(self) -> list[str]:
         """Config columns of the spec's search space that vary across trials (the variants,
@@ -68,12 +68,6 @@ class StudyData:
         return replace(self, trials=trials)
 
 
-def _mode(spec: Mapping[str, Any]) -> str:
-    if spec.get("mode"):
-        return str(spec["mode"])
-    return "min" if str(spec.get("metric", "val/top1")).endswith("loss") else "max"
-
-
 def read_study(where: Path | str | Location) -> StudyData:
     """Load a study results directory (a path or URI), or raise StudyDirError saying what is
     missing."""
@@ -93,7 +87,7 @@ def read_study(where: Path | str | Location) -> StudyData:
     except json.JSONDecodeError as exc:
         raise StudyDirError(f"{meta_path}: unreadable ({exc})") from None
     spec_path = directory / SPEC_FILE
-    spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else {}
+    spec = (yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else None) or {}
     # The trial table first: epochs read after it are at least as new as its states.
     trials = read_optional_table(directory / TRIALS_FILE)
     epochs = read_parquet_dir(directory / EPOCHS_DIR)
@@ -104,15 +98,16 @@ def read_study(where: Path | str | Location) -> StudyData:
     if trials.empty:
         trials = pd.DataFrame(columns=TRIAL_COLUMNS)
     else:
-        resources = (spec or {}).get("resources") or {}
+        resources = spec.get("resources") or {}
+        metric = str(spec.get("metric", "val/top1"))
         trials = resummarize(
             trials,
             epochs,
-            str((spec or {}).get("metric", "val/top1")),
-            _mode(spec or {}),
+            metric,
+            metric_mode(metric, spec.get("mode")),
             float(resources.get("cpus", 1)),
             float(resources.get("gpus", 0)),
         )
     as_timestamps(trials, STARTED_AT)
     test = read_optional_table(directory / TEST_FILE)
-    return StudyData(directory, meta, spec or {}, epochs, trials, test)
+    return StudyData(directory, meta, spec, epochs, trials, test)

@@ -13,7 +13,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from cifartune.config.base import flatten
-from cifartune.config.spec import StudySpec, trial_config
+from cifartune.config.resolved import ResolvedSpec
 from cifartune.storage import Location
 from cifartune.store.checkpoints import set_aside_orphans
 from cifartune.store.optuna_mirror import OptunaMirror
@@ -30,7 +30,9 @@ class StudyCallback(tune.Callback):
     read from the results directory, never from that pickle.
     """
 
-    def __init__(self, directory: Location, spec: StudySpec, optuna_storage: str | None = None):
+    def __init__(
+        self, directory: Location, spec: ResolvedSpec, optuna_storage: str | None = None
+    ) -> None:
         self.directory, self.spec, self.optuna_storage = directory, spec, optuna_storage
         self.recorder: StudyRecorder | None = None
         self.mirror: OptunaMirror | None = None
@@ -38,13 +40,14 @@ class StudyCallback(tune.Callback):
 
     def setup(self, *args: Any, **info: Any) -> None:
         spec = self.spec
+        resources = spec.spec.resources
         self.recorder = StudyRecorder(
             self.directory,
-            lambda sample: flatten(trial_config(spec, sample)),
+            lambda sample: flatten(spec.trial_config(sample)),
             spec.metric,
-            spec.resolved_mode,
-            spec.resources.cpus,
-            spec.resources.gpus,
+            spec.mode,
+            resources.cpus,
+            resources.gpus,
         )
         self.mirror = self._open_mirror()
         self._changed = {}
@@ -57,7 +60,7 @@ class StudyCallback(tune.Callback):
             return None
         local = self.directory.local_path if self.directory.local else Path(".")
         try:
-            return OptunaMirror(local, self.spec.model_dump(mode="json"), self.optuna_storage)
+            return OptunaMirror(local, self.spec.spec.model_dump(mode="json"), self.optuna_storage)
         except Exception as exc:  # a view of the results: it must not stop the study
             log.warning("Optuna mirror unavailable (%s); rebuild it with export-optuna", exc)
             return None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cifartune.config.spec import StudySpec, spec_hash
+from cifartune.config.resolved import ResolvedSpec
+from cifartune.config.spec import StudySpec
 from cifartune.errors import ConfigError
 from cifartune.storage import Location
 from cifartune.store.layout import SPEC_FILE
@@ -48,20 +49,19 @@ def spec_changes(directory: Location, spec: StudySpec, most: int = 6) -> str:
     return "; ".join(shown) + more
 
 
-def claim(directory: Location, spec: StudySpec, resume: bool) -> dict[str, Any] | None:
+def claim(directory: Location, spec: ResolvedSpec, resume: bool) -> dict[str, Any] | None:
     """Refuse to mix two studies in one directory; return the earlier metadata when resuming.
     Called with the directory's file lock held (local storage), so a 'running' study found
     there has no live driver on this host; in an object store the heartbeat tells."""
     previous = StudyMetadata(directory).read()
-    digest = spec_hash(spec)
     if previous is None:
         if resume:
             raise ConfigError(f"--resume: {directory} holds no study to resume; run without it")
         return None
-    if previous.get("spec_hash") != digest:
+    if previous.get("spec_hash") != spec.hash:
         raise ConfigError(
             f"{directory} holds study {previous.get('name')!r} made from another spec "
-            f"({spec_changes(directory, spec)}); use another --storage or study name"
+            f"({spec_changes(directory, spec.spec)}); use another --storage or study name"
         )
     lock_free = True if directory.local else None
     if previous.get("state") == "running" and not driver_gone(previous, lock_free=lock_free):

@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from cifartune.config.plan import data_probes, trial_count
-from cifartune.config.spec import StudySpec, spec_hash, trial_config
+from cifartune.config.resolved import ResolvedSpec
+from cifartune.config.spec import StudySpec
 from cifartune.engine.data import describe_source, load_arrays
 from cifartune.errors import ConfigError
 from cifartune.storage import Location
@@ -50,6 +50,18 @@ from cifartune.study.supervise import end_own_session, user_pid
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """How a study is run, besides what it is (the spec): none of these change its results."""
+
+    address: str | None = None  # a Ray cluster to join; None: a private local runtime
+    resume: bool = False
+    storage: str | None = None  # the results root; None: the spec's
+    verbose: bool = False  # Ray's own output too
+    restart_errored: bool = False  # a resume runs trials that failed again, from scratch
+    optuna_storage: str | None = None  # where the Optuna mirror goes; None: beside the results
+
+
+@dataclass(frozen=True)
 class StudyOutcome:
     directory: Location
     state: str  # completed | failed | interrupted
@@ -68,14 +80,9 @@ def study_directory(spec: StudySpec, storage: str | None = None) -> Location:
 
 
 def run_study(
-    spec: StudySpec,
+    spec: ResolvedSpec,
+    options: RunOptions = RunOptions(),
     *,
-    address: str | None = None,
-    resume: bool = False,
-    storage: str | None = None,
-    verbose: bool = False,
-    restart_errored: bool = False,
-    optuna_storage: str | None = None,
     on_forced_stop: Callable[[Location], None] | None = None,
 ) -> StudyOutcome:
     """Run (or resume) `spec` on Ray; results land under ``storage/name`` as the study goes.
@@ -88,8 +95,8 @@ def run_study(
     """
     from filelock import FileLock, Timeout
 
-    directory = study_directory(spec, storage)
-    describe_source(trial_config(spec, {}).data, also=data_probes(spec))
+    directory = study_directory(spec.spec, options.storage)
+    describe_source(spec.base.data, also=spec.data_probes)
     fresh = not directory.exists()
     check_writable(directory)
     # One driver per study: a file lock on a local disk; in an object store, which has none,
@@ -119,9 +126,7 @@ def run_study(
 
     try:
         with stop_deadline(force_stop, local_runtime_dead):
-            return _run_locked(
-                spec, directory, metadata, address, resume, verbose, restart_errored, optuna_storage
-            )
+            return _run_locked(spec, directory, metadata, options)
     except BaseException:
         failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(".parquet"))
         if metadata.data and not failed_before_trials:
@@ -136,14 +141,7 @@ def run_study(
 
 
 def _run_locked(
-    spec: StudySpec,
-    directory: Location,
-    metadata: StudyMetadata,
-    address: str | None,
-    resume: bool,
-    verbose: bool,
-    restart_errored: bool,
-    optuna_storage: str | None,
+    resolved: ResolvedSpec, directory: Location, metadata: StudyMetadata, options: RunOptions
 ) -> StudyOutcome:
     from ray import tune
 
@@ -151,16 +149,17 @@ def _run_locked(
     from cifartune.study.search import scheduler, search_algorithm, search_space
     from cifartune.study.trainable import train_trial
 
-    previous = claim(directory, spec, resume)
+    spec = resolved.spec
+    previous = claim(directory, resolved, options.resume)
     ended = previous.get("state") if previous is not None else None
-    if ended == "completed" or (ended == "failed" and not restart_errored):
+    if ended == "completed" or (ended == "failed" and not options.restart_errored):
         return StudyOutcome(
             directory, str(ended), _read_trials(directory), pd.DataFrame(), True,
             error=previous.get("error") if previous else None,
         )  # fmt: skip
     metadata.data = previous or {
         "name": spec.name,
-        "spec_hash": spec_hash(spec),
+        "spec_hash": resolved.hash,
         "started": now(),
         **environment(),
     }
@@ -170,26 +169,26 @@ def _run_locked(
         pid=user_pid(),  # the command the user started, the one to signal
         driver_pid=os.getpid(),  # the process running the study (its supervised child)
         resumed=[*metadata.data.get("resumed", []), now()] if previous else [],
-        address=address,
-        optuna_storage=optuna_storage or metadata.data.get("optuna_storage"),
+        address=options.address,
+        optuna_storage=options.optuna_storage or metadata.data.get("optuna_storage"),
     )
     metadata.start_heartbeat()
     atomic_write_text(
         directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
     # The data first: an unreadable file fails here in a second, not after a Ray start.
-    arrays = load_arrays(trial_config(spec, {}).data)
-    init_ray(address, verbose)
+    arrays = load_arrays(resolved.base.data)
+    init_ray(options.address, options.verbose)
     check_results_shared(directory)
     check_trials_fit(spec.resources.cpus, spec.resources.gpus)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, arrays=arrays, spec=spec, directory=str(directory)),
+        tune.with_parameters(train_trial, arrays=arrays, spec=resolved, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
     storage_path, ray_filesystem = directory.for_ray()
     ray_path = f"{storage_path}/{RAY_DIR}"
     if previous is not None and tune.Tuner.can_restore(ray_path, ray_filesystem):
-        if restart_errored:
+        if options.restart_errored:
             for trial_id in _errored_trials(directory):
                 discard_trial_files(directory, trial_id)
         tuner = tune.Tuner.restore(
@@ -198,7 +197,7 @@ def _run_locked(
             storage_filesystem=ray_filesystem,
             resume_unfinished=True,
             resume_errored=False,
-            restart_errored=restart_errored,
+            restart_errored=options.restart_errored,
         )
     else:
         # Killed before Ray's first snapshot: no trial can be resumed under its id.
@@ -209,9 +208,9 @@ def _run_locked(
             param_space=search_space(spec),
             tune_config=tune.TuneConfig(
                 metric=spec.metric,
-                mode=spec.resolved_mode,
-                search_alg=search_algorithm(spec),
-                scheduler=scheduler(spec),
+                mode=resolved.mode,
+                search_alg=search_algorithm(resolved),
+                scheduler=scheduler(resolved),
                 num_samples=spec.search.samples,
                 # One trial process per slot for the whole study: imports, the data from the
                 # object store and its device copy are paid once per process, not per trial
@@ -222,7 +221,7 @@ def _run_locked(
                 name=RAY_DIR,
                 storage_path=storage_path,
                 storage_filesystem=ray_filesystem,
-                callbacks=[StudyCallback(directory, spec, metadata.data["optuna_storage"])],
+                callbacks=[StudyCallback(directory, resolved, metadata.data["optuna_storage"])],
                 failure_config=tune.FailureConfig(max_failures=spec.retries),
                 verbose=0,
             ),
@@ -230,14 +229,14 @@ def _run_locked(
     tuner.fit()
     trials = _read_trials(directory)
     finished = not trials.empty and trials["state"].isin(["TERMINATED", "ERROR"]).all()
-    finished = finished and len(trials) >= trial_count(spec)
+    finished = finished and len(trials) >= resolved.trials
     test = pd.DataFrame()
     error = most_common_error(trials) if finished else None
     if error is not None:
         state = "failed"
     elif finished:
         state = "completed"
-        test = score_best_on_test(spec, arrays, trials, directory)
+        test = score_best_on_test(resolved, arrays, trials, directory)
         if not test.empty:
             write_table(test, directory / TEST_FILE)
     else:

@@ -21,7 +21,7 @@ from cifartune.engine.run import Metrics, StateThunk
 from cifartune.engine.splits import to_device
 from cifartune.errors import ConfigError
 from cifartune.store.checkpoints import load_state, save_state
-from cifartune.store.columns import EFFECTIVE_PREFIX, epoch_records
+from cifartune.store.columns import effective_columns, epoch_records
 from cifartune.store.tables import write_records
 
 CONFIG_FILE = "config.yaml"
@@ -56,8 +56,8 @@ def train_local(
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or a new --out")
     device = resolve_device(config.device)
     data = to_device(load_arrays(config.data), config.data, device)
-    effective = effective_settings(config, data)
-    ran = {key.removeprefix(EFFECTIVE_PREFIX): value for key, value in effective.items()}
+    ran = effective_settings(config, data)
+    effective = effective_columns(ran)
     dump_yaml(config, out / CONFIG_FILE, extra={EFFECTIVE_KEY: ran})
     flat = flatten(config)
     cpu = CpuClock()

@@ -28,7 +28,7 @@ from cifartune.store.columns import (
     CONFIG_PREFIX,
     EFFECTIVE_PREFIX,
     STARTED_AT,
-    _scalar,
+    column_value,
     summary_column,
     trial_keys,
 )
@@ -193,7 +193,7 @@ class StudyRecorder:
         epochs = self.trial_epochs(trial_id)
         row.update(summarize_epochs(epochs, self.metric, self.mode, flat["epochs"], state))
         row.update(reserved(row["time_s"], self.cpus, self.gpus))
-        row.update({CONFIG_PREFIX + k: _scalar(v) for k, v in flat.items()})
+        row.update({CONFIG_PREFIX + k: column_value(v) for k, v in flat.items()})
         if epochs:  # what the trial really ran with, as its first epoch recorded
             row.update({c: v for c, v in epochs[0].items() if c.startswith(EFFECTIVE_PREFIX)})
         return row

@@ -32,7 +32,25 @@ class OneLineRayLogs(logging.Filter):
         return True
 
 
+# Ray's settings for a cifartune study, set where Ray is started (a user's own environment
+# wins): no token-auth warning, no Ray progress tables (cifartune prints its own lines), no
+# "snapshotting may become a bottleneck" warning for checkpoint-every-epoch studies, and no
+# per-trial result.json/progress.csv/TensorBoard files from Ray's default loggers: the epoch
+# Parquet files are the results, and Ray's files cost a write per result and, in an object
+# store, an upload per trial at every experiment snapshot (requests that grow with the study).
+RAY_SETTINGS = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
 def init_ray(address: str | None, verbose: bool) -> None:
+    """Start a private Ray runtime, or join `address` (or ``RAY_ADDRESS``), for this driver:
+    with RAY_SETTINGS in the environment, which the runtime's processes inherit."""
+    for name, value in RAY_SETTINGS.items():
+        os.environ.setdefault(name, value)
     import ray
 
     if not verbose:

@@ -6,37 +6,33 @@ import logging
 
 import pandas as pd
 
-from cifartune.config.spec import StudySpec, trial_config
+from cifartune.config.resolved import ResolvedSpec
 from cifartune.engine.data import CifarArrays
 from cifartune.storage import Location
-from cifartune.store.checkpoints import (
-    load_state,
-)
-from cifartune.store.layout import (
-    BEST,
-    checkpoint_dir,
-)
+from cifartune.store.checkpoints import load_state
+from cifartune.store.layout import BEST, checkpoint_dir
 
 log = logging.getLogger(__name__)
 
 
 def score_best_on_test(
-    spec: StudySpec, arrays: CifarArrays, trials: pd.DataFrame, directory: Location
+    resolved: ResolvedSpec, arrays: CifarArrays, trials: pd.DataFrame, directory: Location
 ) -> pd.DataFrame:
-    """Score each repeat of the `spec.test_best` best configurations once on the test set, from
+    """Score each repeat of the spec's ``test_best`` best configurations once on the test set, from
     its best-validation checkpoint (``best.pt``, saved whenever the metric improved). Ranking
     uses the mean over repeats."""
     from cifartune.engine.device import resolve_device
     from cifartune.engine.loop import score_on_test
-    from cifartune.engine.splits import trial_data
+    from cifartune.engine.splits import device_data
 
+    spec = resolved.spec
     if spec.test_best == 0:
         return pd.DataFrame()
     scored = trials.dropna(subset=["best_metric"])
     if scored.empty:
         return pd.DataFrame()
     means = scored.groupby("group")["best_metric"].mean()
-    best_groups = means.sort_values(ascending=spec.resolved_mode == "min").index[: spec.test_best]
+    best_groups = means.sort_values(ascending=resolved.mode == "min").index[: spec.test_best]
     rows = []
     device = resolve_device("auto")
     for rank, group in enumerate(best_groups, start=1):
@@ -46,8 +42,10 @@ def score_best_on_test(
                 log.warning("trial %s has no best checkpoint; not scored on test", trial.trial_id)
                 continue
             best = load_state(path, device)
-            config = trial_config(spec, best["sample"]).model_copy(update={"device": device.type})
-            data = trial_data(arrays, config)  # once per data split, not once per trial
+            config = resolved.trial_config(best["sample"]).model_copy(
+                update={"device": device.type}
+            )
+            data = device_data(arrays, config)  # once per data split, not once per trial
             rows.append(
                 {
                     "study": spec.name,

@@ -15,7 +15,7 @@ from ray.tune.search import (
 from ray.tune.search.optuna import OptunaSearch
 
 from cifartune.config.distributions import CategoricalDistribution, FloatDistribution
-from cifartune.config.plan import asha_rungs, max_epochs
+from cifartune.config.resolved import ResolvedSpec
 from cifartune.config.spec import SEED_KEY, VARIANT_KEY, StudySpec
 
 
@@ -45,12 +45,13 @@ def search_space(spec: StudySpec) -> dict[str, Any]:
     return space
 
 
-def search_algorithm(spec: StudySpec) -> SearchAlgorithm | Searcher:
+def search_algorithm(resolved: ResolvedSpec) -> SearchAlgorithm | Searcher:
     """The searcher, with ``resources.max_concurrent`` applied to it: Ray ignores the Tuner's
     ``max_concurrent_trials`` for a variant generator built by hand, so it is given here."""
+    spec = resolved.spec
     limit = spec.resources.max_concurrent or 0
     if spec.search.algorithm == "optuna":
-        searcher = OptunaSearch(metric=spec.metric, mode=spec.resolved_mode, seed=spec.search.seed)
+        searcher = OptunaSearch(metric=spec.metric, mode=resolved.mode, seed=spec.search.seed)
         return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
     # constant_grid_search: one random draw per sample, shared by every grid point of it, so
     # the seeds of a repeated configuration really repeat it (Ray's default draws anew for each
@@ -62,23 +63,15 @@ def search_algorithm(spec: StudySpec) -> SearchAlgorithm | Searcher:
     )
 
 
-def scheduler(spec: StudySpec) -> TrialScheduler:
-    sched = spec.scheduler
+def scheduler(resolved: ResolvedSpec) -> TrialScheduler:
+    sched = resolved.spec.scheduler
     if sched.name == "asha":
         # Our epoch, not Ray's training_iteration: a trial resumed from our own checkpoint
         # starts a new Ray iteration count, but its epochs go on.
         return ASHAScheduler(
             time_attr="epoch",
-            max_t=max_epochs(spec),
+            max_t=resolved.max_epochs,
             grace_period=sched.grace_period,
             reduction_factor=sched.reduction_factor,
         )
     return FIFOScheduler()
-
-
-def scheduler_stops(spec: StudySpec) -> frozenset[int]:
-    """Epochs after which the scheduler may end a trial before its last: ASHA's rungs and its
-    max_t (below the trial's epochs when ``scheduler.max_epochs`` says so); FIFO: none."""
-    if spec.scheduler.name == "asha":
-        return frozenset([*asha_rungs(spec), max_epochs(spec)])
-    return frozenset()

@@ -10,6 +10,7 @@ trials go to the worker nodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
@@ -24,6 +25,7 @@ from cifartune.storage import is_uri
 
 log = logging.getLogger(__name__)
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 # Never uploaded: environments, results and history are large (Ray refuses a working_dir over
 # 500 MiB) and the cluster has its own; results come back through --storage instead.
 EXCLUDES = [".venv", "results", "runs", ".git", "reports", "__pycache__", "*.egg-info"]
@@ -86,14 +88,29 @@ def prepare_job(
     )
 
 
+@contextlib.contextmanager
+def _api_server_address(address: str) -> Iterator[None]:
+    """While the block runs, RAY_API_SERVER_ADDRESS is `address` (then as it was): Ray lets
+    RAY_ADDRESS override the address a client is given, and RAY_API_SERVER_ADDRESS override
+    both, so this is how an explicit --address wins. A client reads it once, when built."""
+    saved = os.environ.get(API_SERVER_ENV)
+    os.environ[API_SERVER_ENV] = address
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[API_SERVER_ENV]
+        else:
+            os.environ[API_SERVER_ENV] = saved
+
+
 def _client(address: str) -> Any:
-    """A JobSubmissionClient for `address`. Ray lets RAY_ADDRESS override the address it is
-    given, and RAY_API_SERVER_ADDRESS override both: setting the latter makes --address win."""
+    """A JobSubmissionClient for `address`, whatever RAY_ADDRESS says."""
     from ray.job_submission import JobSubmissionClient
 
-    os.environ["RAY_API_SERVER_ADDRESS"] = address
     try:
-        return JobSubmissionClient(address)
+        with _api_server_address(address):
+            return JobSubmissionClient(address)
     except ConnectionError as exc:
         raise ConfigError(
             f"--address {address}: no Ray Jobs server answers there ({exc}); start the cluster "

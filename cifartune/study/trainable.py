@@ -16,18 +16,17 @@ import ray
 from ray import tune
 
 from cifartune.config.base import flatten
-from cifartune.config.spec import StudySpec, trial_config
+from cifartune.config.resolved import ResolvedSpec
 from cifartune.engine.data import CifarArrays
 from cifartune.engine.effective import effective_settings
 from cifartune.engine.loop import CpuClock, fit
 from cifartune.engine.run import Metrics, StateThunk
-from cifartune.engine.splits import trial_data
+from cifartune.engine.splits import device_data
 from cifartune.errors import CifartuneError
 from cifartune.storage import Location
 from cifartune.store.checkpoints import record_failure
-from cifartune.store.columns import trial_keys
+from cifartune.store.columns import effective_columns, trial_keys
 from cifartune.store.trial_writer import TrialWriter
-from cifartune.study.search import scheduler_stops
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def _ray_safe(metrics: Metrics, metric: str, mode: str) -> Metrics:
 
 
 def train_trial(
-    sample: dict[str, Any], *, arrays: CifarArrays, spec: StudySpec, directory: str
+    sample: dict[str, Any], *, arrays: CifarArrays, spec: ResolvedSpec, directory: str
 ) -> None:
     """The Ray trainable: one trial of `spec` on the shared `arrays`.
 
@@ -56,9 +55,9 @@ def train_trial(
     location = Location.of(directory)
     reported = False
     try:
-        config = trial_config(spec, sample)
+        config = spec.trial_config(sample)
         flat = flatten(config)
-        data = trial_data(arrays, config)
+        data = device_data(arrays, config)
         writer = TrialWriter(
             location,
             trial_id,
@@ -66,13 +65,13 @@ def train_trial(
             flat_config=flat,
             keys=trial_keys(trial_id, flat, sample, study=spec.name),
             metric=spec.metric,
-            mode=spec.resolved_mode,
-            every=spec.checkpoint.every,
-            stops_at=scheduler_stops(spec),
+            mode=spec.mode,
+            every=spec.spec.checkpoint.every,
+            stops_at=spec.scheduler_stops,
             extras={
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(),
-                **effective_settings(config, data),
+                **effective_columns(effective_settings(config, data)),
             },
         )
         cpu = CpuClock()
@@ -81,7 +80,7 @@ def train_trial(
             nonlocal reported
             cpu.measure(metrics)
             writer.record(metrics, state)
-            tune.report(_ray_safe(metrics, spec.metric, spec.resolved_mode))
+            tune.report(_ray_safe(metrics, spec.metric, spec.mode))
             reported = True
 
         with writer:
@@ -93,4 +92,4 @@ def train_trial(
     if not reported and result.history:
         # Resumed from a checkpoint of its last epoch (it finished after Ray's last snapshot):
         # nothing left to train, but the scheduler and searcher still get its final result.
-        tune.report(_ray_safe(result.history[-1], spec.metric, spec.resolved_mode))
+        tune.report(_ray_safe(result.history[-1], spec.metric, spec.mode))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -40,13 +39,13 @@ def serve_dashboard(
     storage_url: str | None = None,
     ready: Callable[[str], None] = lambda url: None,
 ) -> None:
-    """Serve optuna-dashboard on the study's Optuna mirror until SIGINT or SIGTERM; `ready`
-    gets the study's page URL once the port is bound. The mirror is brought up to date from
-    the Parquet files first, unless a running study is writing it."""
+    """Serve optuna-dashboard on the study's Optuna mirror until a KeyboardInterrupt (the CLI
+    makes SIGTERM raise one too); `ready` gets the study's page URL once the port is bound.
+    The mirror is brought up to date from the Parquet files first, unless a running study is
+    writing it."""
     import optuna_dashboard
 
     from cifartune.store.optuna_mirror import export_optuna, open_storage
-    from cifartune.study.signals import stop_like_ctrl_c
 
     study = read_study(directory)
     storage = open_storage(directory, storage_url)
@@ -61,7 +60,6 @@ def serve_dashboard(
     except OSError as exc:
         hint = "pass another --port" if exc.errno == errno.EADDRINUSE else "check --host"
         raise DashboardError(f"--host {host} --port {port}: {exc.strerror}; {hint}") from None
-    previous = signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
         ready(f"http://{host}:{server.server_port}/dashboard/studies/{study_id}")
         server.serve_forever()
@@ -69,4 +67,3 @@ def serve_dashboard(
         log.info("dashboard stopped")
     finally:
         server.server_close()
-        signal.signal(signal.SIGTERM, previous)

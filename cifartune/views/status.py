@@ -36,17 +36,17 @@ def _planned(study: StudyData) -> tuple[int, int, bool]:
     """Trials the spec runs, epochs a new trial runs, and whether ASHA may stop trials early
     (then the epochs left are a worst case). Falls back to the trial table alone when the spec
     no longer builds (a study made by an older cifartune)."""
-    from cifartune.config.plan import max_epochs, trial_count
+    from cifartune.config.resolved import resolve
     from cifartune.config.spec import build_spec
 
     trials = study.trials
     epochs = int(trials["max_epochs"].max()) if len(trials) else 0
     try:
-        spec = build_spec(study.spec)
+        resolved = resolve(build_spec(study.spec))
     except CifartuneError as exc:
         log.debug("spec.yaml does not build (%s); planning from the trial table", exc)
         return len(trials), epochs, False
-    return trial_count(spec), max_epochs(spec), spec.scheduler.name == "asha"
+    return resolved.trials, resolved.max_epochs, bool(resolved.rungs)
 
 
 def is_live(study: StudyData) -> bool:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cifartune.config.plan import asha_rungs
-from cifartune.config.spec import StudySpec
+from cifartune.config.expand import asha_rungs
+from cifartune.config.spec import SchedulerSpec
 from cifartune.store.study_data import StudyData, read_study
 
 from . import figures_cost, figures_curves, figures_optuna, figures_search
@@ -39,13 +39,11 @@ def study_rungs(study: StudyData) -> list[int]:
         return []
     top = int(pd.to_numeric(study.trials["max_epochs"]).max())
     try:
-        spec = StudySpec.model_validate(
-            {"name": "rungs", "base": {"epochs": top}, "scheduler": scheduler}
-        )
+        section = SchedulerSpec.model_validate(scheduler)
     except ValueError as exc:
         log.warning("%s: no ASHA rungs from spec.yaml's scheduler (%s)", study.name, exc)
         return []
-    return asha_rungs(spec)
+    return asha_rungs(section.grace_period, section.reduction_factor, section.max_epochs or top)
 
 
 def state_paragraph(study: StudyData) -> str:

@@ -186,14 +186,13 @@ def render_html(report: Report) -> str:
 
 
 def table_markdown(table: Table) -> list[str]:
-    columns = [md_escape(plain(c)) for c in table.frame.columns]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += [
-        "| " + " | ".join(md_escape(plain(v)) for v in row) + " |"
-        for row in table.frame.itertuples(index=False)
-    ]
+    """The table as GitHub Markdown (pandas' to_markdown, through tabulate): cells as text,
+    escaped, never re-parsed as numbers."""
+    frame = table.frame.map(lambda value: md_escape(plain(value)))
+    frame.columns = [md_escape(plain(c)) for c in table.frame.columns]
+    text = frame.to_markdown(index=False, tablefmt="github", disable_numparse=True)
     note = [md_escape(table.note), ""] if table.note else []
-    return [f"**{md_escape(table.caption)}**", "", *lines, "", *note]
+    return [f"**{md_escape(table.caption)}**", "", *text.splitlines(), "", *note]
 
 
 def render_markdown(report: Report) -> str:
