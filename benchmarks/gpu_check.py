@@ -1,6 +1,6 @@
 """One-command check of the engine on a GPU (or, with ``--device cpu``, on any CPU).
 
-    PYTHONPATH=. python benchmarks/gpu_check.py [--device auto|cuda|cpu] [--quick]
+    python -m benchmarks.gpu_check [--device auto|cuda|cpu] [--quick]
         [--images N] [--data-dir MIRROR] [--out DIR] [--no-ray]
 
 Writes ``gpu_check.json`` (rewritten after every section, so a check cut short keeps what it
@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--go", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        from gpu_sections import packed_worker
+        from benchmarks.gpu_sections import packed_worker
 
         args.images, args.epochs = args.worker_images, args.worker_epochs
         packed_worker(args)
@@ -248,9 +248,8 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     report: Report = {"quick": args.quick, "versions": versions(), "sections": {}}
     try:
-        import gpu_sections as sections
-        from throughput import load_data
-
+        from benchmarks import gpu_sections as sections
+        from benchmarks.throughput import load_data
         from cifartune.engine.device import resolve_device
     except ImportError as exc:
         # Where torch is preinstalled and no registry is reachable, the engine's own

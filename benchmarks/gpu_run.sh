@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first run on the lent GPU machine, in one command (README, "The first GPU run"):
+# The first run on the lent GPU machine, in one command (docs/gpu.md):
 #
 #   OUT=/some/dir bash benchmarks/gpu_run.sh [--stage] [--dry] [--budget SECONDS]
 #
@@ -9,7 +9,7 @@
 # shared/tools/offline_bundle.py, whose copy travels with them). Steps:
 #
 #   1. check the parts' SHA256SUMS, unpack them (once), install the wheels into $SITE;
-#   2. benchmarks/gpu_check.py on the full mirror (about 3 minutes, capped at $CHECK_S);
+#   2. python -m benchmarks.gpu_check on the full mirror (about 3 minutes, capped at $CHECK_S);
 #   3. the studies, in order, while the budget lasts: seed_ablation at 1 seed, then
 #      seed_lr_batch at 1 seed, then optuna_asha with 16 samples. A study the budget cuts
 #      short is stopped by SIGTERM (it ends "interrupted", resumable): running this script
@@ -95,7 +95,7 @@ if ((stage)); then
   log "stage check done: $( ((ok)) && echo 'every part is here' || echo 'parts missing (above)')"
   exit 0
 fi
-((ok)) || { log "parts missing: upload them first (README, The first GPU run)"; exit 1; }
+((ok)) || { log "parts missing: upload them first (docs/gpu.md)"; exit 1; }
 unpack "$UPLOAD/wheels" "$WORK/wheels"
 unpack "$UPLOAD/data" "$WORK/data"
 install_wheels
@@ -124,7 +124,7 @@ fi
 # Its report is rewritten after each section: with the last one ("ray") in it, it is done.
 if ! grep -qs '"ray"' "$WORK/gpu_check/gpu_check.json"; then
   log "gpu_check (at most ${CHECK_S}s)"
-  timeout -k 20 "$CHECK_S" "$PY" benchmarks/gpu_check.py --data-dir "$CIFARTUNE_DATA" \
+  timeout -k 20 "$CHECK_S" "$PY" -m benchmarks.gpu_check --data-dir "$CIFARTUNE_DATA" \
     --out "$WORK/gpu_check" "${check_args[@]}" > "$WORK/logs/gpu_check.log" 2>&1 \
     || log "gpu_check exited $? (its sections so far are in gpu_check.json)"
 fi

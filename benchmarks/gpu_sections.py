@@ -87,8 +87,12 @@ def launches_per_step(run: Any) -> Report:
 
 def check_throughput(device: torch.device, size: Report) -> Report:
     """Engine (bf16 and fp32; eager, compiled, CUDA graphs) against the usual loop, img/s."""
-    from throughput import engine_config, measure_engine, measure_reference, synthetic_data
-
+    from benchmarks.throughput import (
+        engine_config,
+        measure_engine,
+        measure_reference,
+        synthetic_data,
+    )
     from cifartune.engine.device import native_bf16
 
     images = size["synthetic_images"]
@@ -135,8 +139,7 @@ def _head(data: Any, count: int) -> Any:
 def check_compile(data: Any, device: torch.device, size: Report) -> Report:
     """Batch-128 img/s of the engine at its own precision with each ``compile`` option, and on
     CUDA the kernel launches per step; the warm-up epoch (not timed) holds the compilation."""
-    from throughput import engine_config, measure_engine
-
+    from benchmarks.throughput import engine_config, measure_engine
     from cifartune.engine.device import resolve_precision
 
     precision = resolve_precision("auto", device)
@@ -256,8 +259,7 @@ def packed_worker(args: argparse.Namespace) -> None:
 
     Waiting ends at the deadline, or when the parent that started it is gone: a worker never
     outlives its check (each holds a CUDA context, about 0.5 GB)."""
-    from throughput import load_data
-
+    from benchmarks.throughput import load_data
     from cifartune.engine.loop import train_one_epoch
     from cifartune.engine.run import build_run
     from cifartune.engine.splits import to_device
@@ -289,7 +291,8 @@ def worker_command(
 ) -> list[str]:
     command = [
         sys.executable,
-        str(HERE / "gpu_check.py"),
+        "-m",
+        "benchmarks.gpu_check",
         "--worker",
         f"--device={device}",
         f"--worker-images={size['packed_images']}",
@@ -310,7 +313,10 @@ def run_packed(
     A worker that exits before it is ready or fails, or a deadline passed, ends the lot: every
     worker still running is killed before this returns or raises, so none is left spinning on
     the go file (holding its GPU context)."""
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, text=True) for c in commands]
+    # From the repository root, where `-m benchmarks.gpu_check` finds its package.
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, text=True, cwd=HERE.parent) for c in commands
+    ]
     try:
         while not all(r.exists() for r in ready):
             dead = [p for p, r in zip(procs, ready, strict=True) if p.poll() is not None]

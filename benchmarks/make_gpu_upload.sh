@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds gpu_upload/ (git-ignored through .git/info/exclude): the parts benchmarks/gpu_run.sh
-# needs on the lent GPU machine, and checks that each upload, with the checkout, fits the
-# device tool's 64 MiB per call.
+# Builds gpu_upload/ (git-ignored): the parts benchmarks/gpu_run.sh needs on a GPU machine that
+# has no package registry, and checks that each upload, with the checkout, fits a 64 MiB limit
+# per upload (see docs/gpu.md).
 #
 #   bash benchmarks/make_gpu_upload.sh [MIRROR_DIR]   build (default ../shared/data/cifar10)
 #   bash benchmarks/make_gpu_upload.sh --sizes        only measure what is there

@@ -1,6 +1,6 @@
 """What the study machinery costs: cifartune against plain Ray Tune on the same tiny trials.
 
-    python benchmarks/overhead.py [--sizes 20 100 500] [--s3-sizes 20 100] [--out DIR]
+    python -m benchmarks.overhead [--sizes 20 100 500] [--s3-sizes 20 100] [--out DIR]
 
 Each size N runs N random-search trials of tiny work (64 training images of the bundled slice,
 2 epochs, 1 CPU each, as many at once as the machine has CPUs, checkpoint every epoch) twice,
@@ -30,9 +30,6 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TINY = {
     "epochs": 2,
@@ -187,6 +184,7 @@ class S3Server:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # inherited by every Ray start below
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[20, 100, 500])
     parser.add_argument("--s3-sizes", type=int, nargs="*", default=[20, 100])

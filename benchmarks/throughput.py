@@ -1,6 +1,6 @@
 """Training throughput of the cifartune engine against a loop written the common way.
 
-    python benchmarks/throughput.py [--images 5120] [--repeats 3] [--device auto]
+    python -m benchmarks.throughput [--images 5120] [--repeats 3] [--device auto]
 
 Both loops train the seed network with the same batch size, augmentation (random crop with
 4-pixel padding + horizontal flip), per-channel standardization and SGD, over the same images:

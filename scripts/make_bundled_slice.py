@@ -1,4 +1,5 @@
-"""Make the small real CIFAR-10 slice bundled in the package (the default data source).
+"""Make the small real CIFAR-10 slice bundled in the package (`data.source: bundled`, what the
+smoke study and the tests train on).
 
     python scripts/make_bundled_slice.py ../shared/data/cifar10
 

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from .clusters import Cluster, s3_endpoint, two_node_cluster
-from .helpers import run_cli
-from .studies import TINY_BASE, write_spec
+from .support import TINY_BASE, run_cli, write_spec
+from .support.clusters import Cluster, s3_endpoint, two_node_cluster
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

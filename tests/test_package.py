@@ -4,8 +4,9 @@ process, and the import contracts (pyproject.toml) hold."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from .helpers import REPO
+from .support import REPO
 
 # Imports every module of the package in a fresh interpreter, with os.umask watched (it can
 # only be read by setting it: a race with any thread writing files) and the environment and
@@ -53,9 +54,7 @@ def test_importing_any_module_leaves_the_environment_and_umask_as_they_were():
 
 def test_the_import_contracts_hold():
     done = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "lint-imports")]
-        if (REPO / ".venv" / "bin" / "lint-imports").exists()
-        else [sys.executable, "-m", "importlinter.cli"],
+        [str(Path(sys.executable).with_name("lint-imports"))],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -38,7 +38,7 @@ SEED_KEY = "seed"
 # Data location is loaded once per study and shared through Ray's object store.
 STUDY_WIDE_KEYS = ("data.source", "data.dir", "data.download", "device")
 # Works a study may declare it reproduces (`reproduces:`): the report judges a declared study
-# against that work's findings (cifartune/reports/findings.py), and no other study.
+# against that work's findings (cifartune/views/reports/findings.py), and no other study.
 PRACTICAL_WORK = "practical-work"
 REPRODUCIBLE = (PRACTICAL_WORK,)
 

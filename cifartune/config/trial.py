@@ -87,22 +87,34 @@ class DataConfig(Section):
     train_subset: int | None = Field(
         None, ge=10, description="stratified number of training images kept (after validation)"
     )
-    normalize: Literal["none", "standardize", "zca"] = "none"
-    zca_epsilon: float = Field(0.1, gt=0, description="added to covariance eigenvalues")
+    normalize: Literal["none", "standardize", "zca"] = Field(
+        "none",
+        description="none; standardize: per-channel mean and std of the training split; "
+        "zca: whitening fitted on the training split",
+    )
+    zca_epsilon: float = Field(
+        0.1, gt=0, description="added to the covariance eigenvalues before ZCA whitening"
+    )
     # Written as the spec writes it ("crop+flip", "none"), in YAML and Parquet alike.
     augment: Annotated[
         tuple[Augmentation, ...],
         BeforeValidator(_parse_augment),
         PlainSerializer(lambda value: "+".join(value) or "none", return_type=str),
-    ] = ()
-    crop_padding: int = Field(4, ge=0, le=16)
+    ] = Field(
+        (),
+        description="batched augmentations applied in order, joined by +: crop, flip, rotate, "
+        "jitter, cutout (e.g. crop+flip); none for no augmentation",
+    )
+    crop_padding: int = Field(4, ge=0, le=16, description="pixels of zero padding around a crop")
     crop_size: int = Field(32, ge=8, le=32, description="side of the random crop, in pixels")
-    rotate_degrees: float = Field(15.0, ge=0, le=180)
-    jitter_brightness: float = Field(0.2, ge=0, le=1)
-    jitter_contrast: float = Field(0.2, ge=0, le=1)
-    jitter_saturation: float = Field(0.2, ge=0, le=1)
-    jitter_hue: float = Field(0.05, ge=0, le=0.5)
-    cutout_size: int = Field(8, ge=1, le=32)
+    rotate_degrees: float = Field(
+        15.0, ge=0, le=180, description="largest random rotation, either way"
+    )
+    jitter_brightness: float = Field(0.2, ge=0, le=1, description="largest brightness change")
+    jitter_contrast: float = Field(0.2, ge=0, le=1, description="largest contrast change")
+    jitter_saturation: float = Field(0.2, ge=0, le=1, description="largest saturation change")
+    jitter_hue: float = Field(0.05, ge=0, le=0.5, description="largest hue shift (turns)")
+    cutout_size: int = Field(8, ge=1, le=32, description="side of the square cut out, in pixels")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -120,18 +132,30 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """The seed network and its two options."""
 
-    name: Literal["seed"] = "seed"
+    name: Literal["seed"] = Field(
+        "seed",
+        description="the practical work's network: conv 5x5 32/64/64 with 2x2 max-pooling, "
+        "fc 1000, fc 10",
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="p before each fully-connected layer")
     batchnorm: bool = Field(False, description="batch norm after each convolution")
 
 
 class OptimConfig(Section):
-    name: OptimizerName = "sgd"
-    lr: float = Field(0.1, gt=0, le=100)
-    momentum: float | None = Field(
-        None, ge=0, lt=1, description="default: 0.9 for momentum/nesterov"
+    """The optimizer and its hyperparameters."""
+
+    name: OptimizerName = Field(
+        "sgd",
+        description="sgd, momentum (SGD with momentum), nesterov, adam, adamw, rmsprop, adagrad",
     )
-    weight_decay: float = Field(0.0, ge=0, lt=1)
+    lr: float = Field(0.1, gt=0, le=100, description="learning rate (the schedule's start)")
+    momentum: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="SGD and RMSprop momentum; default 0.9 for momentum and nesterov, else 0",
+    )
+    weight_decay: float = Field(0.0, ge=0, lt=1, description="L2 weight decay (AdamW: decoupled)")
 
     @property
     def resolved_momentum(self) -> float:
@@ -157,7 +181,9 @@ class ScheduleConfig(Section):
     included, works with every schedule.
     """
 
-    name: ScheduleName = "constant"
+    name: ScheduleName = Field(
+        "constant", description="constant, exponential, step, cosine, onecycle"
+    )
     gamma: float = Field(0.95, gt=0, le=1, description="decay factor per epoch (step: per step)")
     step_size: int = Field(30, ge=1, description="epochs between decays of the step schedule")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor, as a fraction of lr")
@@ -167,23 +193,29 @@ class ScheduleConfig(Section):
 class TrialConfig(Section):
     """Everything one training run needs; the unit a study samples."""
 
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1, le=65_536)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = Field(10, ge=1, le=10_000, description="passes over the training split")
+    batch_size: int = Field(128, ge=1, le=65_536, description="images per optimizer step")
+    seed: int = Field(
+        0, description="seed of the weights, the batch order, augmentation and dropout"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when torch sees a GPU, else the CPU"
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
         description="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32 "
         "(emulated bf16 was 13x slower than fp32 on an AVX2-only CPU)",
     )
-    channels_last: bool = True
+    channels_last: bool = Field(
+        True, description="NHWC memory layout, which convolutions run fastest in on GPUs"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all")
     eval_test: bool = Field(False, description="also score the test set every epoch")
     compile: CompileMode = Field(
         "none",
         description="model: torch.compile the training forward (true = model); cudagraphs: "
         "also replay it as CUDA graphs (CUDA only). Off by default: on a 2-core CPU the "
-        "compiled model measured slower than eager (benchmarks/gpu_check.py measures both)",
+        "compiled model measured slower than eager (python -m benchmarks.gpu_check measures both)",
     )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

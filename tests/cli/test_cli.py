@@ -1,0 +1,170 @@
+import signal
+
+import pandas as pd
+import pytest
+import yaml
+
+from cifartune.cli.main import build_parser, main
+
+from ..support import REPO, read_parquet_once, run_cli, start_cli, stopped_at_exit, wait_for
+
+
+def test_help_of_every_command(capsys):
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"train", "run", "resume", "status", "report", "validate"} <= set(commands)
+    for args in [["--help"], *([name, "--help"] for name in commands)]:
+        with pytest.raises(SystemExit) as done:
+            main(args)
+        assert done.value.code == 0
+        usage = f"usage: cifartune {args[0] if len(args) > 1 else ''}".strip()
+        assert usage in capsys.readouterr().out
+    assert run_cli(["--help"]).returncode == 0  # and as a real process
+
+
+def test_debug_shows_the_traceback_that_is_hidden_by_default(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: s\nrepeats: many\n")
+    quiet = run_cli(["validate", str(spec)])
+    loud = run_cli(["--debug", "validate", str(spec)])
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+
+
+def test_inspect_prints_the_seed_table():
+    result = run_cli(["inspect"])
+    assert result.returncode == 0
+    for number in ("2,432", "51,264", "102,464", "1,025,000", "10,010", "1,191,170"):
+        assert number in result.stdout
+    assert "14x14" in result.stdout  # conv2's receptive field
+
+
+def test_train_writes_metrics_config_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(
+        [
+            "train",
+            "--set",
+            "epochs=2",
+            "--set",
+            "data.train_subset=100",
+            "--set",
+            "data.augment=crop+flip",
+            "--set",
+            "data.source=bundled",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "epoch   2" in result.stdout and f"results in {out}" in result.stdout
+    frame = pd.read_parquet(out / "metrics.parquet")
+    assert frame["epoch"].tolist() == [1, 2]
+    assert frame["config/data.augment"].iloc[0] == "crop+flip"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["data"]["augment"] == "crop+flip"
+    assert (out / "checkpoint.pt").is_file()
+    # The same --out again without --resume is refused rather than overwritten.
+    again = run_cli(["train", "--set", "epochs=2", "--out", str(out)])
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--set", "optim.lr=-1"], "optim.lr = -1"),
+        (["train", "--set", "optim.lrr=0.1"], "did you mean 'lr'"),
+        (["train", "--set", "batch_size=big"], "batch_size = 'big'"),
+        (["train", "--config", "missing.yaml"], "missing.yaml: no such file"),
+        (
+            ["train", "--set", "data.dir=/nonexistent/cifar", "--set", "data.source=mirror"],
+            "/nonexistent/cifar: not a directory",
+        ),
+        (["inspect", "--set", "model.dropout=2"], "model.dropout = 2"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message_and_no_traceback(
+    tmp_path, args, message, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code = main([*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o" / "metrics.parquet").exists()
+
+
+def test_ctrl_c_keeps_finished_epochs_and_resume_completes_the_run(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--set",
+        "epochs=6",
+        "--set",
+        "data.train_subset=300",
+        "--set",
+        "data.source=bundled",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    with stopped_at_exit(start_cli(args, cwd=REPO)) as process:
+        metrics = out / "metrics.parquet"
+        wait_for(lambda: metrics.exists() and len(read_parquet_once(metrics)) >= 2, timeout=120)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "cifartune train --resume" in stderr and "Traceback" not in stderr
+    before = pd.read_parquet(metrics)
+    done = before["epoch"].tolist()
+    assert 2 <= len(done) < 6 and done == list(range(1, len(done) + 1))
+
+    result = run_cli(["train", "--resume", "--out", str(out)], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    after = pd.read_parquet(metrics)
+    assert after["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    # It continued: the finished epochs are the same rows (timings included), not re-trained.
+    kept = after.iloc[: len(before)]
+    pd.testing.assert_frame_equal(kept[before.columns], before)
+
+
+BAD_SPECS = [
+    ("nmae: x\n", "did you mean 'name'"),
+    ("name: s\nrepeats: many\n", "repeats = 'many'"),
+    ("name: s\nspace:\n  optim.lr: []\n", "space.optim.lr"),
+    ("name: s\nspace:\n  optim.lr: [0.1, 0]\n", "optim.lr = 0"),
+    ("name: s\nspace:\n  batch_size: [0]\n", "batch_size = 0"),
+    ("name: s\nresources: {gpus: 1.5}\n", "resources.gpus"),
+    ("name: s\nresources: {gpus: -1}\n", "resources.gpus"),
+    ("name: s\nbase: {optim: {name: sgdd}}\n", "base.optim.name = 'sgdd'"),
+    ("name: s\nscheduler: {name: hyperband}\n", "scheduler.name = 'hyperband'"),
+    ("name: s\nsearch: {algorithm: bayes}\n", "search.algorithm = 'bayes'"),
+    ("name: s\nbase: {epochs: 3}\nscheduler: {name: asha, grace_period: 4}\n", "grace_period = 4"),
+    ("name: s\nmetric: val/f1\n", "metric = 'val/f1'"),
+    ("name: s\nbase:\n  optim: {lr: [0.1\n", "line 4, column 1: YAML syntax error"),
+    ("", "is empty"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SPECS)
+def test_bad_spec_exits_2_naming_the_field(tmp_path, text, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    for command in (["validate", str(path)], ["run", str(path), "--storage", str(tmp_path / "r")]):
+        code = main(command)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing started, nothing written
+
+
+def test_unwritable_storage_is_refused_before_ray_starts(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_cli(["run", str(REPO / "studies" / "smoke.yaml"), "--storage", str(blocker / "x")])
+    assert result.returncode == 2
+    assert "storage: cannot write results to" in result.stderr and "Traceback" not in result.stderr
