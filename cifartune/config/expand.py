@@ -1,44 +1,24 @@
-"""What a study spec expands to, worked out without Ray or data: its grid points and trial
-count, ASHA's rungs and expected epochs, and the data setups its trials can have.
+"""What a study spec expands to, worked out without Ray or data: its grid points, ASHA's rungs
+and expected epochs, and the data setups its trials can have.
 :func:`cifartune.config.resolved.resolve` calls these once per spec.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cifartune.config.distributions import probe_values
-from cifartune.config.spec import SEED_KEY, VARIANT_KEY, StudySpec, trial_config
+from cifartune.config.spec import VARIANT_KEY, StudySpec, grid_axes, trial_config
 from cifartune.config.trial import DataConfig
 from cifartune.errors import ConfigError
 
 
-def _grid_axes(spec: StudySpec) -> dict[str, list[Any]]:
-    """The lists that multiply into trials: variants, grid dimensions, seeds."""
-    axes: dict[str, list[Any]] = {}
-    if spec.variants:
-        axes[VARIANT_KEY] = list(spec.variants)
-    axes.update({k: v for k, v in spec.space.items() if isinstance(v, list)})
-    if spec.repeats > 1:
-        base_seed = int(spec.base.get(SEED_KEY, 0))
-        axes[SEED_KEY] = [base_seed + i for i in range(spec.repeats)]
-    return axes
-
-
 def grid_points(spec: StudySpec) -> Iterator[dict[str, Any]]:
-    axes = _grid_axes(spec)
+    axes = grid_axes(spec)
     for values in itertools.product(*axes.values()):
         yield dict(zip(axes, values, strict=True))
-
-
-def trial_count(spec: StudySpec) -> int:
-    grid = math.prod(len(v) for v in _grid_axes(spec).values())
-    if spec.search.algorithm == "optuna":
-        return spec.search.samples
-    return grid * spec.search.samples
 
 
 def asha_rungs(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:

@@ -62,8 +62,40 @@ StrictLoader.add_implicit_resolver(
 )
 
 
+# A config or spec is a few levels deep and a few hundred values; past these bounds a file is
+# not one (deep nesting overflows Python's stack, aliases of aliases expand exponentially).
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+
+
+class ShapeError(ValueError):
+    """YAML nested too deeply, or holding too many values once its aliases are expanded."""
+
+
+def _check_shape(content: Any) -> None:
+    """Walk `content` as the code that reads it will (aliases expanded), within the bounds."""
+    stack: list[tuple[Any, int]] = [(content, 1)]
+    values = 0
+    while stack:
+        node, depth = stack.pop()
+        values += 1
+        if values > MAX_VALUES:
+            raise ShapeError(f"more than {MAX_VALUES:,} values (aliases expanded)")
+        if depth > MAX_DEPTH:
+            raise ShapeError(f"nested more than {MAX_DEPTH} levels deep")
+        children = node.values() if isinstance(node, dict) else node
+        if isinstance(node, dict | list):
+            stack.extend((child, depth + 1) for child in children)
+
+
 def _load_strict(text: str) -> Any:
-    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader: no Python tags
+    """Parse `text` (a SafeLoader: no Python tags) and check its shape (see MAX_DEPTH)."""
+    try:
+        content = yaml.load(text, Loader=StrictLoader)
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ShapeError(f"nested more than {MAX_DEPTH} levels deep") from None
+    _check_shape(content)
+    return content
 
 
 def load_yaml_text(text: str, where: str) -> dict[str, Any]:
@@ -73,6 +105,8 @@ def load_yaml_text(text: str, where: str) -> dict[str, Any]:
         content = _load_strict(text)
     except DuplicateKeyError as exc:
         raise ConfigError(f"{where}: {exc.describe()}") from None
+    except ShapeError as exc:
+        raise ConfigError(f"{where}: {exc}; a config or spec is a few levels deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -96,6 +130,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = _load_strict(raw) if raw.strip() else ""
     except DuplicateKeyError as exc:
         raise ConfigError(f"--set {text!r}: in the value, {exc.describe()}") from None
+    except ShapeError as exc:
+        raise ConfigError(f"--set {key.strip()}: the value is {exc}") from None
     except yaml.YAMLError:
         value = raw  # not YAML: the plain string (a bad one is then named by the field's rule)
     return key.strip(), value

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cifartune.config.expand import asha_rungs, data_probes, expected_asha_epochs, trial_count
-from cifartune.config.spec import StudySpec, metric_mode, spec_hash, trial_config
+from cifartune.config.expand import asha_rungs, data_probes, expected_asha_epochs
+from cifartune.config.spec import StudySpec, metric_mode, spec_hash, trial_config, trial_count
 from cifartune.config.trial import DataConfig, TrialConfig
 
 

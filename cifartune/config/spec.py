@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,11 @@ STUDY_WIDE_KEYS = ("data.source", "data.dir", "data.download", "device")
 # against that work's findings (cifartune/views/reports/findings.py), and no other study.
 PRACTICAL_WORK = "practical-work"
 REPRODUCIBLE = (PRACTICAL_WORK,)
+# Ray Tune keeps every trial of a study in memory and in each experiment snapshot: past this,
+# a study cannot run (a grid is a product: a few long lists reach billions).
+MAX_TRIALS = 100_000
+# URI schemes pyarrow.fs resolves (storage, data.dir); anything else fails only when run.
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 
 def metric_mode(metric: str, mode: str | None = None) -> str:
@@ -110,6 +116,19 @@ class StudySpec(Section):
         None, description="published work whose findings the report judges this study against"
     )
 
+    @field_validator("storage")
+    @classmethod
+    def _reachable(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty; give a directory (e.g. results) or a URI (s3://bucket/prefix)")
+        scheme, sep, _ = value.partition("://")
+        if sep and scheme.lower() not in STORAGE_SCHEMES:
+            raise ValueError(
+                f"no filesystem resolves the scheme {scheme!r}; use a directory or one of "
+                f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+            )
+        return value
+
     @field_validator("reproduces", mode="before")
     @classmethod
     def _known_work(cls, value: Any) -> Any:
@@ -171,6 +190,12 @@ def _check_study(spec: StudySpec, base: TrialConfig) -> None:
                 problems.append(
                     f"variants.{name}.{key}: the data source is study-wide; set it in base"
                 )
+            elif key in spec.space or (key == SEED_KEY and spec.repeats > 1):
+                owner = "space" if key in spec.space else "repeats"
+                problems.append(
+                    f"variants.{name}.{key}: {owner} sets {key} for every trial, so this "
+                    f"variant's value never applies; remove it from the variant or from {owner}"
+                )
     if spec.search.algorithm == "grid":
         for key, dim in spec.space.items():
             if not isinstance(dim, list):
@@ -180,6 +205,15 @@ def _check_study(spec: StudySpec, base: TrialConfig) -> None:
                 )
         if spec.search.samples != 1:
             problems.append("search.samples: the grid algorithm runs each point once; use repeats")
+    trials = trial_count(spec)
+    if trials > MAX_TRIALS:
+        axes = " x ".join(f"{len(v)} {k}" for k, v in grid_axes(spec).items())
+        problems.append(
+            f"space: the study expands to {trials:,} trials ({axes or 'one configuration'} x "
+            f"{spec.search.samples} samples); a study holds at most {MAX_TRIALS:,} (Ray Tune "
+            "keeps every trial in memory); shorten the lists, or sample the space: "
+            "search.algorithm random with search.samples N"
+        )
     if spec.search.algorithm == "optuna" and spec.repeats > 1:
         problems.append(
             "repeats: Optuna samples one seed per configuration; use repeats with grid or random "
@@ -193,17 +227,44 @@ def _check_study(spec: StudySpec, base: TrialConfig) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def _variant_overrides(spec: StudySpec, name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _variant_overrides(spec: StudySpec, name: str) -> dict[str, Any]:
     """The overrides of variant `name`, following its ``extends`` chain (parent first)."""
-    if name in seen:
-        raise ConfigError(f"variants.{name}.extends: cycle {' -> '.join((*seen, name))}")
-    if name not in spec.variants:
-        raise ConfigError(f"variants.{seen[-1]}.extends = {name!r}: no such variant")
-    own = dict(spec.variants[name])
-    parent = own.pop("extends", None)
-    merged = _variant_overrides(spec, parent, (*seen, name)) if parent else {}
-    merged.update(own)
+    chain: list[str] = []
+    seen: set[str] = set()
+    current: str | None = name
+    while current is not None:
+        if current in seen:
+            raise ConfigError(f"variants.{current}.extends: cycle {' -> '.join((*chain, current))}")
+        if current not in spec.variants:
+            raise ConfigError(f"variants.{chain[-1]}.extends = {current!r}: no such variant")
+        chain.append(current)
+        seen.add(current)
+        current = spec.variants[current].get("extends")
+    merged: dict[str, Any] = {}
+    for variant in reversed(chain):
+        merged.update({k: v for k, v in spec.variants[variant].items() if k != "extends"})
     return merged
+
+
+def grid_axes(spec: StudySpec) -> dict[str, list[Any]]:
+    """The lists that multiply into trials: variants, grid dimensions, seeds."""
+    axes: dict[str, list[Any]] = {}
+    if spec.variants:
+        axes[VARIANT_KEY] = list(spec.variants)
+    axes.update({k: v for k, v in spec.space.items() if isinstance(v, list)})
+    if spec.repeats > 1:
+        base_seed = int(spec.base.get(SEED_KEY, 0))
+        axes[SEED_KEY] = [base_seed + i for i in range(spec.repeats)]
+    return axes
+
+
+def trial_count(spec: StudySpec) -> int:
+    """Trials the study runs: the grid (variants, lists, seeds) times the samples; under
+    Optuna, the samples."""
+    grid = math.prod(len(v) for v in grid_axes(spec).values())
+    if spec.search.algorithm == "optuna":
+        return spec.search.samples
+    return grid * spec.search.samples
 
 
 def trial_config(spec: StudySpec, sample: Mapping[str, Any]) -> TrialConfig:

@@ -1,8 +1,8 @@
 import pytest
 
-from cifartune.config.expand import expected_asha_epochs, grid_points, trial_count
+from cifartune.config.expand import expected_asha_epochs, grid_points
 from cifartune.config.resolved import plan, resolve
-from cifartune.config.spec import build_spec, load_spec, spec_hash, trial_config
+from cifartune.config.spec import build_spec, load_spec, spec_hash, trial_config, trial_count
 from cifartune.errors import ConfigError
 
 BASE = {"name": "t", "base": {"epochs": 4}}

@@ -289,3 +289,80 @@ def test_distribution_errors_name_the_key_as_written(tmp_path):
     with pytest.raises(ConfigError) as caught:
         build_spec({**tree, "space": bad})
     assert str(caught.value) == "space.optim.lr.lo: unknown key"
+
+
+# --- What run cannot do, refused by validate ---------------------------------------------------
+
+
+def _refused(tmp_path, capsys, text, *sets):
+    """`validate`'s exit code and its one message (no traceback) for the spec `text`."""
+    code, err = _cli(capsys, "validate", str(_spec(tmp_path, text)), *sets)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_grid_too_large_to_ever_run_is_refused(tmp_path, capsys):
+    axis = "[" + ", ".join(str(i) for i in range(1, 1001)) + "]"
+    text = f"name: s\nspace: {{seed: [0], batch_size: {axis}, epochs: {axis}, threads: {axis}}}\n"
+    message = _refused(tmp_path, capsys, text.replace("seed: [0], ", ""))
+    assert "1,000,000,000 trials" in message and "at most 100,000" in message
+    assert "search.algorithm random" in message  # the fix
+    # A random search of the same space is fine: it draws samples, not the product.
+    small = "name: s\nspace: {batch_size: {type: int, low: 1, high: 1000}}\n"
+    small += "search: {algorithm: random, samples: 50}\n"
+    assert _cli(capsys, "validate", str(_spec(tmp_path, small)))[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("''", "storage = '': empty; give a directory"),
+        ("'   '", "storage = '   ': empty"),
+        ("ftp://host/results", "no filesystem resolves the scheme 'ftp'"),
+        ("foo://bucket", "no filesystem resolves the scheme 'foo'; use a directory or one of"),
+    ],
+)
+def test_a_storage_nothing_can_write_to_is_refused(tmp_path, capsys, storage, expected):
+    message = _refused(tmp_path, capsys, f"name: s\nstorage: {storage}\n")
+    assert expected in message
+    for fine in ("results", "/abs/results", "s3://bucket/prefix", "gs://bucket/x"):
+        assert build_spec({"name": "s", "storage": fine}).storage == fine
+
+
+def test_a_variant_value_the_space_overrides_is_refused(tmp_path, capsys):
+    text = "name: s\nspace: {optim.lr: [0.1, 0.01]}\nvariants: {base: {}, fast: {optim.lr: 0.5}}\n"
+    message = _refused(tmp_path, capsys, text)
+    assert message.startswith("cifartune validate: error: variants.fast.optim.lr: space sets")
+    assert "never applies" in message and "remove it from the variant or from space" in message
+    seeds = "name: s\nrepeats: 3\nvariants: {a: {seed: 4}}\n"
+    assert "variants.a.seed: repeats sets seed" in _refused(tmp_path, capsys, seeds)
+    # A variant key the space does not sample stays valid.
+    ok = "name: s\nspace: {optim.lr: [0.1]}\nvariants: {a: {}, b: {model.dropout: 0.5}}\n"
+    assert _cli(capsys, "validate", str(_spec(tmp_path, ok)))[0] == 0
+
+
+def test_deeply_nested_yaml_is_refused_not_a_traceback(tmp_path, capsys):
+    deep = "name: s\nbase: " + "[" * 5000 + "]" * 5000 + "\n"
+    assert "nested more than 32 levels deep" in _refused(tmp_path, capsys, deep)
+    moderately = "name: s\ndescription: x\nbase: " + "{a: " * 40 + "1" + "}" * 40 + "\n"
+    assert "nested more than 32 levels deep" in _refused(tmp_path, capsys, moderately)
+    # In a --set value too.
+    code, err = _cli(capsys, "validate", str(_spec(tmp_path, "name: s\n")), "--set",
+                     "base.x=" + "[" * 3000 + "]" * 3000)  # fmt: skip
+    assert code == 2 and "--set base.x: the value is nested" in err and "Traceback" not in err
+
+
+def test_neighbours_an_alias_bomb_and_a_long_extends_chain(tmp_path, capsys):
+    # Aliases of aliases: nine levels of ten expand to 10^9 values (hangs, if expanded).
+    lines = ["name: s", "x0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    message = _refused(tmp_path, capsys, "\n".join(lines) + "\n")
+    assert "more than 100,000 values (aliases expanded)" in message
+    # A chain of 1,100 variants (past Python's recursion limit), each extending the one
+    # before: no RecursionError.
+    chain = "\n".join(f"  v{i}: {{extends: v{i - 1}}}" for i in range(1, 1100))
+    text = f"name: s\nsearch: {{algorithm: random}}\nvariants:\n  v0: {{}}\n{chain}\n"
+    code, err = _cli(capsys, "validate", str(_spec(tmp_path, text)))
+    assert "Traceback" not in err and code == 0, err[-500:]
