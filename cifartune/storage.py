@@ -132,12 +132,12 @@ class Location:
             return None
         return (info.mtime_ns or 0, info.size or 0)
 
-    def files(self, suffix: str = "") -> Iterator[Location]:
-        """Files directly in this directory whose names end with `suffix`, skipping the
-        hidden temporaries of interrupted local writes."""
-        if not self.exists():
-            return
-        for info in self.filesystem.get_file_info(fs.FileSelector(self.path)):
+    def files(self, suffix: str = "", *, recursive: bool = False) -> Iterator[Location]:
+        """Files in this directory (and its subdirectories, when `recursive`) whose names end
+        with `suffix`, skipping the hidden temporaries of interrupted writes; none where the
+        directory does not exist. One listing: in an object store, one request per page."""
+        selector = fs.FileSelector(self.path, allow_not_found=True, recursive=recursive)
+        for info in self.filesystem.get_file_info(selector):
             name = info.path.rsplit("/", 1)[-1]
             if info.type == fs.FileType.File and name.endswith(suffix) and not name.startswith("."):
                 yield Location(self.filesystem, info.path, self.scheme)

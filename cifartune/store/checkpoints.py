@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifartune.storage import Location
+from cifartune.store.epochs import epoch_files, trial_epochs_dir, withdraw, withdrawn_dir
 from cifartune.store.layout import (
     CHECKPOINTS_DIR,
     EPOCHS_DIR,
     FAILED,
     FINISHED_DIR,
     ORPHANED_DIR,
+    TRIALS_DIR,
     checkpoint_dir,
-    epochs_path,
 )
+from cifartune.store.trial_states import trial_states_dir
 
 if TYPE_CHECKING:
     import torch
@@ -78,8 +80,10 @@ def finished_trials(directory: Location) -> set[str]:
 
 
 def discard_trial_files(directory: Location, trial_id: str) -> None:
-    """Forget a trial's epochs and checkpoints (a restart from scratch)."""
-    epochs_path(directory, trial_id).unlink()
+    """Start a trial over from scratch: its epoch rows withdrawn (kept in ``withdrawn/``, out
+    of the results), its checkpoints gone."""
+    folder = trial_epochs_dir(directory, trial_id)
+    withdraw(epoch_files(folder).values(), withdrawn_dir(directory, trial_id))
     checkpoint_dir(directory, trial_id).rmtree()
 
 
@@ -87,12 +91,14 @@ def set_aside_orphans(directory: Location, known: set[str]) -> list[str]:
     """Move the files of trials Ray does not know into ``orphaned/``: trials started after the
     last experiment snapshot of a driver that was killed, which the resumed study re-creates
     under new ids. Kept, not deleted (a failure loses nothing written), but out of the results."""
-    found = {f.stem for f in (directory / EPOCHS_DIR).files(".parquet")}
+    found = {d.name for d in (directory / EPOCHS_DIR).subdirs()}
+    found |= {d.name for d in (directory / TRIALS_DIR).subdirs()}
     found |= {d.name for d in (directory / CHECKPOINTS_DIR).subdirs()}
     orphans = sorted(found - known)
     for trial_id in orphans:
         files = (
-            epochs_path(directory, trial_id),
+            trial_epochs_dir(directory, trial_id),
+            trial_states_dir(directory, trial_id),
             checkpoint_dir(directory, trial_id),
             directory / FINISHED_DIR / trial_id,
         )
@@ -104,5 +110,6 @@ def set_aside_orphans(directory: Location, known: set[str]) -> list[str]:
             "trial %s is not part of the resumed study; its files are in %s/",
             trial_id,
             ORPHANED_DIR,
+            TRIALS_DIR,
         )
     return orphans

@@ -1,14 +1,23 @@
 """The columns of a study's tables: one row per trial-epoch, its identifying keys (study, trial,
 configuration group, variant, seed), the metrics, ``config/*`` for what was asked and
-``effective/*`` for what ran.
+``effective/*`` for what ran; and their types, declared once, so that every file of a study
+has the same schema (a reader that takes the first file's schema for all, as pyarrow.dataset,
+pandas and duckdb do over a glob, reads every file of the study).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import types
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from cifartune.config.trial import TrialConfig
 
 CONFIG_PREFIX = "config/"
 ENGINE_METRICS = (
@@ -34,6 +43,69 @@ EFFECTIVE_PREFIX = "effective/"
 def effective_columns(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The ``effective/<key>`` columns of what a run really ran with (engine.effective)."""
     return {EFFECTIVE_PREFIX + key: value for key, value in settings.items()}
+
+
+_FLOAT, _INT, _TEXT, _FLAG = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+UTC_NS = pa.timestamp("ns", tz="UTC")
+KEY_TYPES = {"study": _TEXT, "trial_id": _TEXT, "group": _TEXT, "variant": _TEXT, "seed": _INT}
+METRIC_TYPES: dict[str, pa.DataType] = {
+    name: _FLOAT for name in ENGINE_METRICS if name not in ("epoch", "diverged", "node_id", "pid")
+} | {"epoch": _INT, "diverged": _FLAG, "node_id": _TEXT, "pid": _INT, ENDED_AT: UTC_NS}
+EFFECTIVE_TYPES = {
+    f"{EFFECTIVE_PREFIX}{key}": kind
+    for key, kind in {
+        "device": _TEXT,
+        "device_name": _TEXT,
+        "precision": _TEXT,
+        "threads": _INT,
+        "optim.momentum": _FLOAT,
+        "data.val_size": _INT,
+        "data.train_subset": _INT,
+    }.items()
+}
+SUMMARY_TYPES = {
+    "state": _TEXT, "error": _TEXT, "retries": _INT, "max_epochs": _INT, "epochs_run": _INT,
+    "best_epoch": _INT, "best_metric": _FLOAT, "final_val_top1": _FLOAT,
+    "final_train_top1": _FLOAT, "time_s": _FLOAT, "stop_reason": _TEXT, "cpu_s": _FLOAT,
+    "reserved_cpu_s": _FLOAT, "reserved_gpu_s": _FLOAT, STARTED_AT: UTC_NS,
+}  # fmt: skip
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    """The column type of a config field: its type, the one that is not None in an optional,
+    text for literals and the augmentation list (written 'crop+flip')."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return _arrow_type(next(a for a in get_args(annotation) if a is not type(None)))
+    if getattr(annotation, "__metadata__", None):  # Annotated
+        return _arrow_type(get_args(annotation)[0])
+    simple = {bool: _FLAG, int: _INT, float: _FLOAT}
+    return simple.get(annotation, _TEXT) if origin is not Literal else _TEXT
+
+
+def _field_types(model: type[BaseModel], prefix: str) -> dict[str, pa.DataType]:
+    kinds: dict[str, pa.DataType] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            kinds.update(_field_types(annotation, f"{prefix}{name}."))
+        else:
+            kinds[f"{prefix}{name}"] = _arrow_type(annotation)
+    return kinds
+
+
+@functools.cache
+def epoch_types() -> dict[str, pa.DataType]:
+    """Every column of an epoch row, with its type."""
+    config = _field_types(TrialConfig, CONFIG_PREFIX)
+    return {**KEY_TYPES, **METRIC_TYPES, **config, **EFFECTIVE_TYPES}
+
+
+@functools.cache
+def trial_types() -> dict[str, pa.DataType]:
+    """Every column of a trial row, with its type."""
+    config = _field_types(TrialConfig, CONFIG_PREFIX)
+    return {**KEY_TYPES, **SUMMARY_TYPES, "seq": _INT, **config, **EFFECTIVE_TYPES}
 
 
 # Keys that vary between repeats of one configuration, or only say where it ran or where its

@@ -1,14 +1,17 @@
-"""Where a study's files live in its results directory (a local path or an object-store prefix):
+"""Where a study's files live in its results directory (a local path or an object-store
+prefix). What a reader may see of each, and when, is in docs/results.md.
 
-study.json               metadata: spec hash, versions, hardware, start/end, state
-spec.yaml                the resolved spec
-epochs/<trial>.parquet   one row per finished epoch of that trial (written by the trial)
-checkpoints/<trial>/     latest.pt and best.pt of that trial (written by the trial)
-finished/<trial>         an empty file per trial Ray reported complete (written by the driver)
-trials.parquet           one row per trial: config, state, stop reason, best epoch, compute
-test.parquet             test-set scores of the best configurations, after the search
-ray/                     Ray Tune's experiment state (trial list, searcher, scheduler)
-orphaned/                files of trials a resumed study no longer knows
+  study.json                      state, host, heartbeat, versions (replaced whole)
+  spec.yaml                       the resolved spec (replaced whole, the same each time)
+  epochs/<trial>/<e>-<w>.parquet  one row per finished epoch, written once by the trial
+  trials/<trial>/<seq>.parquet    the trial at each change of state, written once by the driver
+  test.parquet                    test-set scores of the best configurations, written once
+  checkpoints/<trial>/            latest.pt, best.pt, failed.txt: the trial's own, for resume
+  finished/<trial>                an empty file per trial Ray reported complete
+  optuna.journal                  the study's Optuna mirror (Optuna's append-only journal)
+  ray/                            Ray Tune's experiment state (trial list, searcher, scheduler)
+  withdrawn/                      epoch rows a resume withdrew; an older layout's files
+  orphaned/                       files of trials a resumed study no longer knows
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from cifartune.storage import Location
 STUDY_FILE = "study.json"
 SPEC_FILE = "spec.yaml"
 EPOCHS_DIR = "epochs"
-TRIALS_FILE = "trials.parquet"
+TRIALS_FILE = "trials.parquet"  # an older version's trial table, replaced whole
 TEST_FILE = "test.parquet"
 RAY_DIR = "ray"
 LOCK_FILE = ".lock"
@@ -28,10 +31,8 @@ BEST = "best.pt"
 FAILED = "failed.txt"
 FINISHED_DIR = "finished"
 ORPHANED_DIR = "orphaned"
-
-
-def epochs_path(directory: Location, trial_id: str) -> Location:
-    return directory / EPOCHS_DIR / f"{trial_id}.parquet"
+WITHDRAWN_DIR = "withdrawn"
+TRIALS_DIR = "trials"
 
 
 def checkpoint_dir(directory: Location, trial_id: str) -> Location:

@@ -49,14 +49,13 @@ from optuna.trial import FrozenTrial, TrialState
 from cifartune.config.spec import VARIANT_KEY, metric_mode
 from cifartune.errors import CifartuneError
 from cifartune.store.columns import CONFIG_PREFIX, column_value
-from cifartune.store.layout import EPOCHS_DIR, TRIALS_FILE
 from cifartune.store.study_data import read_study
 from cifartune.store.summary import epochs_by_trial, metric_value
 
 log = logging.getLogger(__name__)
 JOURNAL_FILE = "optuna.journal"
 TRIAL_ID_ATTR = "trial_id"
-# trials.parquet columns copied to user attributes where present (the rest are params).
+# Trial-row columns copied to user attributes where present (the rest are params).
 USER_ATTR_COLUMNS = (
     "trial_id", "ray_trial_id", "group", "variant", "seed", "state", "stop_reason", "epochs_run",
     "max_epochs", "best_epoch", "best_metric", "retries", "time_s", "error",
@@ -187,7 +186,7 @@ class OptunaMirror:
                 )
 
     def update(self, trial_row: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]]) -> None:
-        """Make the storage agree with one cifartune trial: `trial_row` is its trials.parquet
+        """Make the storage agree with one cifartune trial: `trial_row` is its trial
         row, `epochs` its epoch rows as dicts (any order). Writes only what differs."""
         trial_id = str(trial_row["trial_id"])
         state = self._target_state(trial_row)
@@ -316,7 +315,7 @@ def export_optuna(directory: Path, storage_url: str | None = None) -> OptunaMirr
     """Bring the Optuna mirror of the study in `directory` up to date from its Parquet files
     (all of it for an old study or a missing journal; nothing when it already agrees)."""
     study = read_study(directory)
-    if not (directory / TRIALS_FILE).exists() and not (directory / EPOCHS_DIR).exists():
+    if study.trials.empty:
         log.warning("%s: no trial has reported yet; the Optuna study is empty", directory)
     mirror = OptunaMirror(directory, {"name": study.name, **study.spec}, storage_url)
     mirror.sync(study.trials, study.epochs)

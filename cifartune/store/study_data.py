@@ -19,9 +19,11 @@ from cifartune.store.columns import (
     STARTED_AT,
     TRIAL_COLUMNS,
 )
-from cifartune.store.layout import EPOCHS_DIR, SPEC_FILE, STUDY_FILE, TEST_FILE, TRIALS_FILE
+from cifartune.store.epochs import EpochReader
+from cifartune.store.layout import SPEC_FILE, STUDY_FILE, TEST_FILE
 from cifartune.store.summary import resummarize
-from cifartune.store.tables import as_timestamps, read_optional_table, read_parquet_dir
+from cifartune.store.tables import as_timestamps, read_optional_table
+from cifartune.store.trial_states import read_trial_rows
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,10 @@ class StudyData:
         return replace(self, trials=trials)
 
 
-def read_study(where: Path | str | Location) -> StudyData:
+def read_study(where: Path | str | Location, reader: EpochReader | None = None) -> StudyData:
     """Load a study results directory (a path or URI), or raise StudyDirError saying what is
-    missing."""
+    missing. `reader` keeps the epoch files it read, for a caller that reads the study again
+    (they never change: only new files are read)."""
     import yaml
 
     directory = Location.of(where)
@@ -89,8 +92,8 @@ def read_study(where: Path | str | Location) -> StudyData:
     spec_path = directory / SPEC_FILE
     spec = (yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else None) or {}
     # The trial table first: epochs read after it are at least as new as its states.
-    trials = read_optional_table(directory / TRIALS_FILE)
-    epochs = read_parquet_dir(directory / EPOCHS_DIR)
+    trials = read_trial_rows(directory)
+    epochs = (reader or EpochReader()).study_frame(directory)
     if epochs.empty:  # a study that has not reported yet still has the columns readers use
         epochs = pd.DataFrame(columns=["trial_id", "group", "variant", "seed", *ENGINE_METRICS])
     epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cifartune.storage import Location
-from cifartune.store.columns import ENDED_AT
+from cifartune.store.columns import ENDED_AT, UTC_NS
 
 
 def atomic_write_bytes(path: Path | Location, payload: bytes) -> None:
@@ -43,25 +43,34 @@ def read_optional_table(path: Path | Location) -> pd.DataFrame:
     return read_table(location) if location.is_file() else pd.DataFrame()
 
 
-def write_records(records: Sequence[Mapping[str, Any]], path: Path | Location) -> None:
-    """Write rows (dicts; a key missing from a row is null there) as one Parquet file,
-    atomically, with ``time/ended_at`` as a UTC timestamp. Built with pyarrow alone: a trial
-    writes its epoch file once per epoch, and a pandas frame per write cost more than a small
-    trial's epoch."""
-    names = list(dict.fromkeys(name for record in records for name in record))
+def rows_table(
+    records: Sequence[Mapping[str, Any]], types: Mapping[str, pa.DataType] | None = None
+) -> pa.Table:
+    """Rows (dicts; a key missing from a row is null there) as a table with every column of
+    `types`, in their order and of their type, then any other column the rows have (its type
+    inferred); timestamps from Unix seconds. Built with pyarrow alone: a trial writes a file
+    per epoch, and a pandas frame per write cost more than a small trial's epoch."""
+    kinds = dict(types or {})
+    names = [*kinds, *(n for n in dict.fromkeys(k for r in records for k in r) if n not in kinds)]
     columns = {}
     for name in names:
         values = [record.get(name) for record in records]
-        if name == ENDED_AT:
-            columns[name] = pa.array([_nanoseconds(v) for v in values], _UTC_NS)
-        else:
-            columns[name] = pa.array(values, from_pandas=True)
+        kind = kinds.get(name, UTC_NS if name == ENDED_AT else None)
+        if kind == UTC_NS:
+            values = [_nanoseconds(v) for v in values]
+        columns[name] = pa.array(values, type=kind, from_pandas=True)
+    return pa.table(columns)
+
+
+def write_rows(
+    records: Sequence[Mapping[str, Any]],
+    path: Path | Location,
+    types: Mapping[str, pa.DataType] | None = None,
+) -> None:
+    """Write `records` (see :func:`rows_table`) as one Parquet file, whole."""
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.table(columns), sink)
+    pq.write_table(rows_table(records, types), sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
-
-
-_UTC_NS = pa.timestamp("ns", tz="UTC")
 
 
 def _nanoseconds(value: Any) -> int | None:
@@ -91,12 +100,18 @@ def seconds_between(later: pd.Series, earlier: pd.Series) -> pd.Series:
     return (later - earlier).dt.total_seconds()
 
 
-def read_parquet_dir(directory: Path | Location) -> pd.DataFrame:
-    """All ``*.parquet`` files in `directory` (skipping temporaries) as one frame."""
-    files = sorted(Location.of(directory).files(".parquet"), key=lambda f: f.name)
-    if not files:
+def read_arrow(path: Path | Location) -> pa.Table:
+    """A Parquet file read as a reader of files others write must: its bytes in one open, then
+    parsed (a reader that opens a path twice, footer then pages, can mix two files)."""
+    return pq.read_table(pa.BufferReader(Location.of(path).read_bytes()))
+
+
+def concat_frames(tables: Sequence[pa.Table]) -> pd.DataFrame:
+    """Tables of one kind (epoch rows, trial rows) as one frame; older files that lack a column
+    have it null."""
+    if not tables:
         return pd.DataFrame()
-    return pd.concat([read_table(f) for f in files], ignore_index=True)
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
 def read_records(path: Path | Location, keep: Callable[[str], bool] | None = None) -> list[dict]:

@@ -1,6 +1,6 @@
 """A trial's own files in its study directory, written by the trial process itself:
 
-  epochs/<trial>.parquet          one row per finished epoch, rewritten whole (atomically)
+  epochs/<trial>/<epoch>-<writer>.parquet  one file per finished epoch, never changed (epochs.py)
   checkpoints/<trial>/latest.pt   the newest checkpoint (each ``checkpoint.every`` epochs, the last)
   checkpoints/<trial>/best.pt     the model of the best epoch so far by the study metric
   checkpoints/<trial>/failed.txt  the error that ended the trial for good (config or data)
@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -34,8 +34,16 @@ from typing import Any
 from cifartune.storage import Location
 from cifartune.store.checkpoints import better, discard_trial_files, load_state, save_state
 from cifartune.store.columns import epoch_records
-from cifartune.store.layout import BEST, LATEST, checkpoint_dir, epochs_path
-from cifartune.store.tables import read_records, write_records
+from cifartune.store.epochs import (
+    epoch_files,
+    epoch_path,
+    trial_epochs_dir,
+    withdraw,
+    withdrawn_dir,
+    write_epoch,
+    writer_token,
+)
+from cifartune.store.layout import BEST, LATEST, checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +78,8 @@ class TrialWriter:
         self.flat, self.keys, self.extras = dict(flat_config), dict(keys), dict(extras)
         self.metric, self.mode, self.every = metric, mode, every
         self.folder = checkpoint_dir(directory, trial_id)
-        self.rows: list[dict[str, Any]] = []  # as written to the epoch file, by epoch
+        self.epochs = trial_epochs_dir(directory, trial_id)
+        self.writer = writer_token()  # names this process's epoch files
         self.best: float | None = None
         self.ran: dict[int, dict[str, Any]] = {}  # epoch -> pid, node and end time
         self.stops_at = None if stops_at is None else frozenset(stops_at)
@@ -98,8 +107,10 @@ class TrialWriter:
                 self._background.shutdown()
 
     def resume(self) -> dict[str, Any] | None:
-        """The latest checkpoint of this trial, with the rows and best value made to agree
-        with it; None (and the trial's old files gone) when it has to start from scratch."""
+        """The latest checkpoint of this trial, with the epoch files and best value made to
+        agree with it: rows after it withdrawn (they are recomputed), rows it holds but the
+        files lack written. None (and the trial's old files withdrawn) when it has to start
+        from scratch."""
         latest = self.folder / LATEST
         state = load_state(latest) if latest.is_file() else None
         if state is not None and state.get("sample") != self.sample:
@@ -108,19 +119,18 @@ class TrialWriter:
         if state is None:
             discard_trial_files(self.directory, self.trial_id)
             return None
+        stored = epoch_files(self.epochs)
         done = int(state["epoch"])
-        kept = [row for row in self._stored_rows() if row["epoch"] <= done]
-        have = {row["epoch"] for row in kept}
+        later = [f for e, f in stored.items() if e > done]
+        withdraw(later, withdrawn_dir(self.directory, self.trial_id))
         self.ran = {int(e): dict(r) for e, r in state.get("ran", {}).items()}
-        # Written to the checkpoint, not yet to the rows: the rows come from it.
-        missing = [
-            {**m, **self.ran.get(int(m["epoch"]), {})}
-            for m in state["history"]
-            if m["epoch"] not in have
-        ]
-        self.rows = sorted(kept + self._rows(missing), key=lambda row: row["epoch"])
+        # Written to the checkpoint, not yet to the files (a crash between the two): the
+        # rows come from it, as this process would have written them.
+        for metrics in state["history"]:
+            epoch = int(metrics["epoch"])
+            if epoch not in stored:
+                self._write_row({**metrics, **self.ran.get(epoch, {})})
         self.best = state.get("best_metric")
-        self._write_rows(self.rows)
         self.just_resumed = True
         return state
 
@@ -148,9 +158,8 @@ class TrialWriter:
                 "best_metric": self.best,
                 "ran": dict(self.ran),
             }
-        row = self._rows([{**metrics, **self.ran[epoch]}])
-        self.rows = [r for r in self.rows if r["epoch"] < epoch] + row
-        write = functools.partial(self._write_epoch, full, improved, due, list(self.rows))
+        row = {**metrics, **self.ran[epoch]}
+        write = functools.partial(self._write_epoch, full, improved, due, row)
         if not self._goes_on_after(epoch, last, first_after_resume):
             write()
             return
@@ -167,9 +176,9 @@ class TrialWriter:
         return not first_after_resume
 
     def _write_epoch(
-        self, full: dict[str, Any] | None, improved: bool, due: bool, rows: list[dict[str, Any]]
+        self, full: dict[str, Any] | None, improved: bool, due: bool, row: dict[str, Any]
     ) -> None:
-        """An epoch's checkpoints (`full` when any is written), then the rows up to it."""
+        """An epoch's checkpoints (`full` when any is written), then its row."""
         # best.pt: what scoring reads (epoch, metric, model, sample, precision). When the
         # latest checkpoint is due too it is that file, linked rather than written twice.
         best = {**full, "metric": full["best_metric"]} if full is not None and improved else None
@@ -180,7 +189,7 @@ class TrialWriter:
         elif best is not None:
             keep = ("epoch", "metric", "model", "sample", "precision")
             save_state({k: best[k] for k in keep if k in best}, self.folder / BEST)
-        self._write_rows(rows)
+        self._write_row(row)
 
     def _finish_pending(self) -> None:
         """Wait for the epoch's files in flight, raising their write's error (a full disk)."""
@@ -188,15 +197,8 @@ class TrialWriter:
         if pending is not None:
             pending.result()
 
-    def _stored_rows(self) -> list[dict[str, Any]]:
-        path = epochs_path(self.directory, self.trial_id)
-        if not path.is_file():
-            return []
-        return read_records(path)
-
-    def _rows(self, history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return epoch_records(history, self.flat, **self.keys)
-
-    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            write_records(rows, epochs_path(self.directory, self.trial_id))
+    def _write_row(self, metrics: Mapping[str, Any]) -> None:
+        """The epoch's row (its metrics, keys and config) in a file of its own."""
+        (row,) = epoch_records([metrics], self.flat, **self.keys)
+        epoch = int(row["epoch"])
+        write_epoch(row, epoch_path(self.epochs, epoch, self.writer))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from cifartune.store.optuna_mirror import OptunaMirror
 from cifartune.study.recorder import StudyRecorder, TrialEvent
 
 log = logging.getLogger(__name__)
+# Seconds between two updates of the Optuna mirror while the study runs.
+MIRROR_EVERY_S = 5.0
 
 
 class StudyCallback(tune.Callback):
-    """Keeps ``trials.parquet`` up to date as the study runs (driver side).
+    """Keeps the trial rows and the Optuna mirror up to date as the study runs (driver side).
 
     The recorder is built in ``setup``, which Ray calls on every start, also after
     ``Tuner.restore`` (which unpickles this object as it was before any trial ran): its state is
@@ -37,6 +40,7 @@ class StudyCallback(tune.Callback):
         self.recorder: StudyRecorder | None = None
         self.mirror: OptunaMirror | None = None
         self._changed: dict[str, dict[str, Any]] = {}  # rows not mirrored yet, by trial
+        self._mirrored_at = -float("inf")
 
     def setup(self, *args: Any, **info: Any) -> None:
         spec = self.spec
@@ -51,6 +55,7 @@ class StudyCallback(tune.Callback):
         )
         self.mirror = self._open_mirror()
         self._changed = {}
+        self._mirrored_at = -float("inf")
 
     def _open_mirror(self) -> OptunaMirror | None:
         """The study's Optuna mirror (optuna.journal beside the results, or --optuna-storage);
@@ -118,34 +123,33 @@ class StudyCallback(tune.Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._sync(trials)
-        self._recorder.flush()
         self._update_mirror()
         set_aside_orphans(self.directory, {t.trial_id for t in trials})
 
     def _sync(self, trials: list[Trial], touched: Trial | None = None) -> None:
-        """The trial table, for the trial the event is about and, when the table is due to be
-        written, any trial whose state changed (a dictionary lookup per trial: per event, that
-        would grow with the study; each change Ray makes to a running trial has an event of its
-        own); the mirror follows whenever the table is written (at most every few seconds: each
-        Optuna journal write is a synced disk write, several per epoch otherwise)."""
+        """The trial rows, for the trial the event is about and, when a scan is due, any trial
+        whose state changed (a dictionary lookup per trial: per event, that would grow with
+        the study; each change Ray makes to a running trial has an event of its own); the
+        mirror follows at most every MIRROR_EVERY_S seconds (each Optuna journal write is a
+        synced disk write, several per epoch otherwise)."""
         recorder = self._recorder
         touched_id = touched.trial_id if touched is not None else None
-        candidates = trials if touched is None or recorder.write_due() else [touched]
+        candidates = trials if touched is None or recorder.scan_due() else [touched]
         events = [
             TrialEvent(t.trial_id, t.status, t.config, functools.partial(_error_text, t))
             for t in candidates
             if t.trial_id == touched_id or recorder.needs_update(t.trial_id, t.status)
         ]
-        writes = recorder.writes
         self._changed.update(
             {row["trial_id"]: row for row in recorder.record_events(events, touched_id)}
         )
-        if recorder.writes != writes:
+        if time.monotonic() - self._mirrored_at >= MIRROR_EVERY_S:
             self._update_mirror()
 
     def _update_mirror(self) -> None:
         """The mirror, for the trials that changed since its last update."""
         changed, self._changed = self._changed, {}
+        self._mirrored_at = time.monotonic()
         if self.mirror is None:
             return
         try:  # in trial-id order, so a mirror rebuilt from Parquet numbers its trials the same

@@ -5,6 +5,7 @@ results directory is in ``claim``).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -25,16 +26,18 @@ from cifartune.store.checkpoints import (
     set_aside_orphans,
 )
 from cifartune.store.columns import EFFECTIVE_PREFIX
+from cifartune.store.epochs import convert_legacy as convert_legacy_epochs
 from cifartune.store.layout import (
     EPOCHS_DIR,
     LOCK_FILE,
     RAY_DIR,
     SPEC_FILE,
     TEST_FILE,
-    TRIALS_FILE,
 )
 from cifartune.store.metadata import StudyMetadata, describe_driver, now
-from cifartune.store.tables import atomic_write_text, read_optional_table, write_table
+from cifartune.store.study_data import read_study
+from cifartune.store.tables import atomic_write_text, write_table
+from cifartune.store.trial_states import convert_legacy as convert_legacy_trials
 from cifartune.study.claim import check_writable, claim
 from cifartune.study.cluster import check_trials_fit
 from cifartune.study.environment import environment
@@ -47,6 +50,8 @@ from cifartune.study.runtime import (
 from cifartune.study.scoring import score_best_on_test
 from cifartune.study.signals import stop_deadline
 from cifartune.study.supervise import end_own_session, user_pid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def run_study(
         with stop_deadline(force_stop, local_runtime_dead):
             return _run_locked(spec, directory, metadata, options)
     except BaseException:
-        failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(".parquet"))
+        failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(recursive=True))
         if metadata.data and not failed_before_trials:
             metadata.write(state="interrupted", finished=now())
         raise
@@ -173,6 +178,8 @@ def _run_locked(
         optuna_storage=options.optuna_storage or metadata.data.get("optuna_storage"),
     )
     metadata.start_heartbeat()
+    if previous is not None:
+        _convert_legacy_layout(directory)
     atomic_write_text(
         directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
@@ -202,7 +209,6 @@ def _run_locked(
     else:
         # Killed before Ray's first snapshot: no trial can be resumed under its id.
         set_aside_orphans(directory, set())
-        (directory / TRIALS_FILE).unlink()
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(spec),
@@ -266,7 +272,23 @@ def most_common_error(trials: pd.DataFrame) -> str | None:
 
 
 def _read_trials(directory: Location) -> pd.DataFrame:
-    return read_optional_table(directory / TRIALS_FILE)
+    """The trial table, each trial summarized from its epoch rows."""
+    return read_study(directory).trials
+
+
+def _convert_legacy_layout(directory: Location) -> None:
+    """A study of an older version, resumed: its whole-trial epoch files and its trial table
+    become files that never change (see store.epochs and store.trial_states), once."""
+    trials = convert_legacy_epochs(directory)
+    rows = convert_legacy_trials(directory)
+    if trials or rows:
+        log.warning(
+            "%s: converted to the current results layout (%d trials' epoch files, %d trial rows); "
+            "the older files are kept in withdrawn/legacy/",
+            directory,
+            len(trials),
+            rows,
+        )
 
 
 def _errored_trials(directory: Location) -> list[str]:

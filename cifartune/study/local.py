@@ -1,8 +1,11 @@
 """One configuration trained in this process, without Ray: ``cifartune train``.
 
-The output directory holds ``config.yaml`` (the resolved config), ``metrics.parquet`` (one row
-per finished epoch, rewritten atomically after each) and ``checkpoint.pt`` (the latest epoch),
-so an interrupted run keeps its epochs and ``--resume`` continues it.
+The output directory holds ``config.yaml`` (the resolved config, and what really ran),
+``checkpoint.pt`` (the latest epoch) and ``epochs/<epoch>-<writer>.parquet``, one file per
+finished epoch as a study's trials write them (:mod:`cifartune.store.epochs`: never changed
+once written), so an interrupted run keeps its epochs and ``--resume`` continues it. Each
+epoch's checkpoint is written before its row: a resume writes the rows the checkpoint holds and
+the files lack, and withdraws (into ``withdrawn/``) rows the checkpoint does not reach.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from cifartune.engine.loop import CpuClock, FitResult, fit
 from cifartune.engine.run import Metrics, StateThunk
 from cifartune.engine.splits import to_device
 from cifartune.errors import ConfigError
+from cifartune.storage import Location
 from cifartune.store.checkpoints import load_state, save_state
 from cifartune.store.columns import effective_columns, epoch_records
-from cifartune.store.tables import write_records
+from cifartune.store.epochs import epoch_files, epoch_path, withdraw, write_epoch, writer_token
+from cifartune.store.layout import EPOCHS_DIR, WITHDRAWN_DIR
 
 CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.parquet"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -60,13 +64,25 @@ def train_local(
     effective = effective_columns(ran)
     dump_yaml(config, out / CONFIG_FILE, extra={EFFECTIVE_KEY: ran})
     flat = flatten(config)
+    epochs, writer = Location.of(out / EPOCHS_DIR), writer_token()
+
+    def write_row(metrics: Metrics) -> None:
+        (row,) = epoch_records([metrics], flat, **effective)
+        write_epoch(row, epoch_path(epochs, int(row["epoch"]), writer))
+
+    if state is not None:
+        stored = epoch_files(epochs)
+        done = int(state["epoch"])
+        withdraw([f for e, f in stored.items() if e > done], Location.of(out / WITHDRAWN_DIR))
+        for metrics in state["history"]:
+            if int(metrics["epoch"]) not in stored:
+                write_row(metrics)
     cpu = CpuClock()
 
     def report(metrics: Metrics, thunk: StateThunk) -> None:
         cpu.measure(metrics)
-        run_state = thunk()
-        write_records(epoch_records(run_state["history"], flat, **effective), out / METRICS_FILE)
-        save_state(run_state, checkpoint)
+        save_state(thunk(), checkpoint)
+        write_row(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
 

@@ -1,14 +1,14 @@
-"""The trial table (``trials.parquet``), kept by the driver from Ray's trial events and the
-trials' own epoch files (written by the trials, see :mod:`cifartune.trial_store`).
+"""The trial table, kept by the driver from Ray's trial events and the trials' own epoch files
+(written by the trials, see :mod:`cifartune.store.trial_writer`).
 
-Work per event does not grow with the study: an event re-summarizes the one trial it is about
-(plus, when the table is due to be written, any trial whose Ray state changed: a dictionary
-lookup per trial to notice), and the table is rewritten at most every ``WRITE_EVERY_S`` seconds
-(and when the experiment ends). Nothing a
-resume needs waits for that write: a finished trial is marked at once in ``finished/`` (one
-empty file), a trial that failed for good has its ``failed.txt``, and the epoch files are the
-truth of its progress (:func:`cifartune.results.read_study` re-summarizes every trial from
-them).
+A trial's row is written (a file of its own, see :mod:`cifartune.store.trial_states`) when its
+state changes: Ray's state, its retries, its error. Work per event does not grow with the
+study: an event re-summarizes the one trial it is about (plus, every ``SCAN_EVERY_S`` seconds,
+any trial whose Ray state changed: a dictionary lookup per trial to notice), reading only the
+epoch files it has not read yet. What a resume needs is in the files: a finished trial is
+marked at once in ``finished/`` (one empty file), a trial that failed for good has its
+``failed.txt``, and the epoch files are the truth of its progress
+(:func:`cifartune.store.study_data.read_study` re-summarizes every trial from them).
 """
 
 from __future__ import annotations
@@ -32,13 +32,17 @@ from cifartune.store.columns import (
     summary_column,
     trial_keys,
 )
-from cifartune.store.layout import EPOCHS_DIR, TRIALS_FILE
+from cifartune.store.epochs import epoch_files, trial_epochs_dir
 from cifartune.store.summary import reserved, summarize_epochs
-from cifartune.store.tables import as_timestamps, read_optional_table, read_records, write_table
+from cifartune.store.tables import as_timestamps, read_records
+from cifartune.store.trial_states import SEQ, read_trial_rows, write_trial_row
 
 log = logging.getLogger(__name__)
-# Seconds between two rewrites of trials.parquet.
-WRITE_EVERY_S = 5.0
+# Seconds between two looks at every trial's Ray state (each change has an event of its own
+# too; the look catches what Ray changes without one).
+SCAN_EVERY_S = 5.0
+# The columns of a trial row whose change is written (the rest follow the epochs).
+STATE_KEY = ("state", "error", "retries", STARTED_AT)
 
 
 @dataclass(frozen=True)
@@ -79,21 +83,26 @@ class StudyRecorder:
         self._rows: dict[str, dict[str, Any]] = {}
         self._ray_states: dict[str, str] = {}  # as last seen: a trial is redone when it changes
         self._flat: dict[str, dict[str, Any]] = {}
-        self._epochs: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+        # Each trial's epoch rows read so far: epoch -> (file name, summary columns).
+        self._epochs: dict[str, dict[int, tuple[str, dict[str, Any]]]] = {}
         self._retries: dict[str, int] = {}
         self._started: dict[str, float] = {}  # wall clock when Ray last started the trial
-        # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
-        # complete (here or before a resume, per the trial table) are finished.
-        self._finished: set[str] = set()
-        self._dirty = False
-        self._written_at = -float("inf")
+        # Each trial's last written row's state key, and that row's sequence number.
+        self._written: dict[str, tuple[tuple[Any, ...], int]] = {}
+        self._scanned_at = -float("inf")
         self.reads = 0  # epoch files read, for the tests and the overhead benchmark
-        self.writes = 0  # trial-table writes
+        self.writes = 0  # trial rows written
+        # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
+        # complete (here or before a resume, per the trial rows) are finished.
         self._finished = finished_trials(directory)
-        previous = read_optional_table(directory / TRIALS_FILE)
+        previous = read_trial_rows(directory)
         if not previous.empty:
             self._finished |= set(previous.loc[previous["state"] == "TERMINATED", "trial_id"])
             self._retries = dict(zip(previous["trial_id"], previous["retries"], strict=True))
+            seqs = previous[SEQ] if SEQ in previous else [0] * len(previous)
+            self._written = {
+                t: ((), int(seq)) for t, seq in zip(previous["trial_id"], seqs, strict=True)
+            }
             if STARTED_AT in previous:
                 as_timestamps(previous, STARTED_AT)
                 started = previous.dropna(subset=[STARTED_AT])
@@ -101,19 +110,23 @@ class StudyRecorder:
                 self._started = dict(zip(started["trial_id"], seconds, strict=True))
 
     def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
-        """The trial's epoch rows as its process last wrote them (re-read when they change),
-        the columns its summary and the Optuna mirror use."""
-        path = self.directory / EPOCHS_DIR / f"{trial_id}.parquet"
-        stamp = path.stamp()
-        if stamp is None:
-            return []
-        cached = self._epochs.get(trial_id)
-        if cached is None or cached[0] != stamp:
+        """The trial's epoch rows in epoch order, the columns its summary and the Optuna mirror
+        use: one listing of its folder, and a read of each file not read before (they never
+        change; a withdrawn one is dropped)."""
+        files = epoch_files(trial_epochs_dir(self.directory, trial_id))
+        cached = self._epochs.setdefault(trial_id, {})
+        for epoch in set(cached) - set(files):
+            del cached[epoch]
+        for epoch, file in files.items():
+            if epoch in cached and cached[epoch][0] == file.name:
+                continue
+            try:
+                (row,) = read_records(file, lambda name: summary_column(name, self.metric))
+            except FileNotFoundError:  # withdrawn since the listing (a resume)
+                continue
             self.reads += 1
-            rows = read_records(path, lambda name: summary_column(name, self.metric))
-            cached = (stamp, sorted(rows, key=lambda row: row["epoch"]))
-            self._epochs[trial_id] = cached
-        return cached[1]
+            cached[epoch] = (file.name, row)
+        return [row for _, (_, row) in sorted(cached.items())]
 
     def record_retry(self, trial_id: str, error: str | None) -> None:
         self._retries[trial_id] = self._retries.get(trial_id, 0) + 1
@@ -126,9 +139,9 @@ class StudyRecorder:
         self._finished.add(trial_id)
         record_finished(self.directory, trial_id)
 
-    def write_due(self) -> bool:
-        """Whether a change now would rewrite the table (see ``WRITE_EVERY_S``)."""
-        return self.clock() - self._written_at >= WRITE_EVERY_S
+    def scan_due(self) -> bool:
+        """Whether every trial's Ray state is due to be looked at (see ``SCAN_EVERY_S``)."""
+        return self.clock() - self._scanned_at >= SCAN_EVERY_S
 
     def needs_update(self, trial_id: str, ray_state: str) -> bool:
         """Whether Ray's state of the trial changed since the last update."""
@@ -139,6 +152,8 @@ class StudyRecorder:
     ) -> list[dict[str, Any]]:
         """Bring the table up to date: the `touched` trial (the one the event is about) and every
         trial whose state changed are re-summarized; return the rows that changed."""
+        if self.scan_due():
+            self._scanned_at = self.clock()
         changed = []
         for event in events:
             if event.trial_id != touched and not self.needs_update(event.trial_id, event.ray_state):
@@ -146,19 +161,20 @@ class StudyRecorder:
             self._ray_states[event.trial_id] = event.ray_state
             row = self._trial_row(event, self._state(event))
             self._rows[event.trial_id] = row
+            self._write_if_changed(row)
             changed.append(row)
-        self._dirty |= bool(changed)
-        if self._dirty and self.write_due():
-            self.flush()
         return changed
 
-    def flush(self) -> None:
-        """Write the table if anything changed since the last write."""
-        if not self._dirty:
+    def _write_if_changed(self, row: dict[str, Any]) -> None:
+        """The trial's row, as a new file, when its state key differs from the last written."""
+        trial_id = row["trial_id"]
+        key = tuple(row[k] for k in STATE_KEY)
+        last_key, seq = self._written.get(trial_id, ((), 0))
+        if key == last_key:
             return
-        write_table(self.trial_table(), self.directory / TRIALS_FILE)
+        write_trial_row(self.directory, row, seq + 1)
+        self._written[trial_id] = (key, seq + 1)
         self.writes += 1
-        self._dirty, self._written_at = False, self.clock()
 
     def trial_table(self) -> pd.DataFrame:
         return pd.DataFrame(list(self._rows.values()))

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cifartune.errors import CifartuneError
+from cifartune.store.epochs import EpochReader
 from cifartune.store.study_data import StudyData, read_study
 from cifartune.store.tables import seconds_between
 
@@ -24,7 +25,7 @@ CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase display: plain ANSI, any ss
 
 
 def best_trial(study: StudyData) -> pd.Series | None:
-    """The trials.parquet row with the best `best_metric` so far, or None before any."""
+    """The trial row with the best `best_metric` so far, or None before any."""
     scored = study.trials.dropna(subset=["best_metric"])
     if scored.empty:
         return None
@@ -165,8 +166,9 @@ def follow(
 ) -> Iterator[str]:
     """Frames of :func:`render_status`, one every `interval` seconds, ending with the first
     frame where no driver runs the study (completed, interrupted, or its driver killed)."""
+    reader = EpochReader()  # each epoch file is read once: they never change
     while True:
-        study = read_study(directory)
+        study = read_study(directory, reader)
         live = is_live(study)
         yield render_status(study, clock(), live=live)
         if not live:

@@ -6,7 +6,7 @@ import yaml
 
 from cifartune.cli.main import build_parser, main
 
-from ..support import REPO, read_parquet_once, run_cli, start_cli, stopped_at_exit, wait_for
+from ..support import REPO, run_cli, run_epochs, start_cli, stopped_at_exit, wait_for
 
 
 def test_help_of_every_command(capsys):
@@ -59,7 +59,7 @@ def test_train_writes_metrics_config_and_checkpoint(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "epoch   2" in result.stdout and f"results in {out}" in result.stdout
-    frame = pd.read_parquet(out / "metrics.parquet")
+    frame = run_epochs(out)
     assert frame["epoch"].tolist() == [1, 2]
     assert frame["config/data.augment"].iloc[0] == "crop+flip"
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -93,7 +93,7 @@ def test_bad_input_exits_2_with_one_clear_message_and_no_traceback(
     assert code == 2
     assert message in err
     assert "Traceback" not in err
-    assert not (tmp_path / "o" / "metrics.parquet").exists()
+    assert not (tmp_path / "o" / "epochs").exists()
 
 
 def test_ctrl_c_keeps_finished_epochs_and_resume_completes_the_run(tmp_path):
@@ -112,19 +112,18 @@ def test_ctrl_c_keeps_finished_epochs_and_resume_completes_the_run(tmp_path):
         str(out),
     ]
     with stopped_at_exit(start_cli(args, cwd=REPO)) as process:
-        metrics = out / "metrics.parquet"
-        wait_for(lambda: metrics.exists() and len(read_parquet_once(metrics)) >= 2, timeout=120)
+        wait_for(lambda: len(run_epochs(out)) >= 2, timeout=120)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "cifartune train --resume" in stderr and "Traceback" not in stderr
-    before = pd.read_parquet(metrics)
+    before = run_epochs(out)
     done = before["epoch"].tolist()
     assert 2 <= len(done) < 6 and done == list(range(1, len(done) + 1))
 
     result = run_cli(["train", "--resume", "--out", str(out)], cwd=REPO)
     assert result.returncode == 0, result.stderr
-    after = pd.read_parquet(metrics)
+    after = run_epochs(out)
     assert after["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     # It continued: the finished epochs are the same rows (timings included), not re-trained.
     kept = after.iloc[: len(before)]

@@ -20,10 +20,12 @@ from cifartune.config.spec import build_spec, trial_config
 from cifartune.engine.data import describe_source, load_arrays
 from cifartune.engine.splits import to_device
 from cifartune.errors import DataError
+from cifartune.storage import Location
+from cifartune.store.epochs import epoch_path, read_study_epochs, write_epoch
 from cifartune.store.study_data import read_study
-from cifartune.store.tables import read_parquet_dir, write_table
+from cifartune.store.tables import write_table
 
-from ..support import TINY_BASE, run_cli, synthetic_arrays, write_mirror, write_spec
+from ..support import TINY_BASE, run_cli, run_epochs, synthetic_arrays, write_mirror, write_spec
 
 VALID = {
     "name": "fuzz",
@@ -103,10 +105,12 @@ def _write(path, tree):
 
 
 def test_leftover_temporary_files_are_skipped_by_readers(tmp_path):
-    write_table(pd.DataFrame({"epoch": [1, 2]}), tmp_path / "t1.parquet")
-    (tmp_path / ".t2.parquet.x.tmp").write_bytes(b"PAR1 half a file")
-    (tmp_path / ".t3.parquet").write_bytes(b"PAR1 half a file")
-    assert read_parquet_dir(tmp_path)["epoch"].tolist() == [1, 2]
+    folder = tmp_path / "epochs" / "t1"
+    for epoch in (1, 2):
+        write_epoch({"epoch": epoch}, epoch_path(Location.of(folder), epoch, "ab"))
+    (folder / ".00003-ab.parquet.x.tmp").write_bytes(b"PAR1 half a file")
+    (folder / ".00003-ab.parquet").write_bytes(b"PAR1 half a file")
+    assert read_study_epochs(Location.of(tmp_path))["epoch"].tolist() == [1, 2]
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
@@ -162,7 +166,7 @@ def test_full_disk_stops_with_a_message_and_readable_files(tmp_path):
         )
         assert result.returncode != 0
         assert "Traceback" not in result.stderr and "No space left on device" in result.stderr
-        epochs = pd.read_parquet(out / "metrics.parquet")["epoch"].tolist()
+        epochs = sorted(run_epochs(out)["epoch"].tolist())
         assert epochs == list(range(1, len(epochs) + 1))
     finally:
         subprocess.run(["umount", str(disk)], check=False)

@@ -11,7 +11,7 @@ from cifartune.engine.loop import fit, train_one_epoch
 from cifartune.engine.run import build_run
 from cifartune.engine.splits import to_device
 
-from ..support import quick_config, read_parquet_once, round_trip, without_timings
+from ..support import quick_config, round_trip, without_timings
 
 pytestmark = pytest.mark.gpu
 ALL_AUGMENTATIONS = "crop+flip+rotate+jitter+cutout"
@@ -198,6 +198,8 @@ def test_a_ray_study_packs_two_trials_on_one_gpu(tmp_path):
     # gpus: 0.25 and 2 trials: Ray runs both at once on the one GPU, each on CUDA.
     import pandas as pd
 
+    from cifartune.store.study_data import read_study
+
     from ..support import TINY_BASE, run_cli, write_spec
 
     base = {**TINY_BASE, "epochs": 3, "data": {**TINY_BASE["data"], "train_subset": 1000}}
@@ -208,9 +210,9 @@ def test_a_ray_study_packs_two_trials_on_one_gpu(tmp_path):
     result = run_cli(["run", str(spec), "--storage", str(tmp_path / "r")], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "r" / "packed"
-    trials = pd.read_parquet(results / "trials.parquet")
+    study = read_study(results)
+    trials, epochs = study.trials, study.epochs
     assert len(trials) == 2 and set(trials["state"]) == {"TERMINATED"}
-    epochs = pd.concat(pd.read_parquet(p) for p in (results / "epochs").glob("*.parquet"))
     began = epochs["time/ended_at"] - pd.to_timedelta(epochs["time/epoch_s"], unit="s")
     spans = epochs.assign(start=began)
     spans = spans.groupby("trial_id").agg(start=("start", "min"), end=("time/ended_at", "max"))
@@ -223,9 +225,7 @@ def test_cifartune_train_resumes_a_cpu_adam_run_on_cuda(tmp_path, monkeypatch):
     # The same command on a machine without and then with a GPU (`device: auto` both times).
     import signal
 
-    import pandas as pd
-
-    from ..support import REPO, run_cli, start_cli, stopped_at_exit, wait_for
+    from ..support import REPO, run_cli, run_epochs, start_cli, stopped_at_exit, wait_for
 
     out = tmp_path / "run"
     sets = ["epochs=6", "data.train_subset=500", "data.source=bundled", "optim.name=adam",
@@ -233,11 +233,10 @@ def test_cifartune_train_resumes_a_cpu_adam_run_on_cuda(tmp_path, monkeypatch):
     args = ["train", *(a for s in sets for a in ("--set", s)), "--out", str(out)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: auto is the CPU
     with stopped_at_exit(start_cli(args, cwd=REPO)) as process:
-        metrics = out / "metrics.parquet"
-        wait_for(lambda: metrics.exists() and len(read_parquet_once(metrics)) >= 2, timeout=240)
+        wait_for(lambda: len(run_epochs(out)) >= 2, timeout=240)
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     result = run_cli(["train", "--resume", "--out", str(out)], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert pd.read_parquet(metrics)["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert run_epochs(out)["epoch"].tolist() == [1, 2, 3, 4, 5, 6]

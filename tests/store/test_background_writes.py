@@ -10,7 +10,7 @@ import pytest
 
 from cifartune.storage import Location
 from cifartune.store import trial_writer
-from cifartune.store.layout import epochs_path
+from cifartune.store.epochs import epoch_files, trial_epochs_dir
 
 from .test_trial_writer import latest, metrics, rows, train, writer
 
@@ -39,7 +39,7 @@ def test_an_epoch_the_trial_goes_on_after_is_written_while_the_next_trains(tmp_p
         train(w, history, [metrics(1)])
         # Held in the background, checkpoint first: no row may appear before its checkpoint.
         assert latest(tmp_path) is None
-        assert not epochs_path(Location.of(tmp_path), "t_1").is_file()
+        assert not epoch_files(trial_epochs_dir(Location.of(tmp_path), "t_1"))
         gate.set()
         train(w, history, [metrics(2)])  # waits for epoch 1's files first
         assert latest(tmp_path)["epoch"] in (1, 2)

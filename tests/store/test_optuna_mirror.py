@@ -10,10 +10,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from cifartune.store.layout import TRIALS_FILE
+from cifartune.storage import Location
 from cifartune.store.optuna_mirror import JOURNAL_FILE, MirrorError, OptunaMirror, export_optuna
 from cifartune.store.study_data import read_study
-from cifartune.store.tables import write_table
+from cifartune.store.trial_states import read_trial_rows, write_trial_row
 
 from ..support import fabricate_study, run_cli
 
@@ -52,12 +52,12 @@ def asha_study(tmp_path):
     }
     results = fabricate_study(tmp_path, ASHA_SPEC, curves, state="running")
     # A trial Ray has queued but not started: a row without epochs.
-    trials = pd.read_parquet(results / TRIALS_FILE)
-    pending = trials.iloc[-1:].assign(
-        trial_id="t_00007", state="PENDING", stop_reason="pending", epochs_run=0,
-        best_epoch=None, best_metric=None, **{"config/batch_size": 128},
-    )  # fmt: skip
-    write_table(pd.concat([trials, pending], ignore_index=True), results / TRIALS_FILE)
+    (last,) = read_trial_rows(Location.of(results)).iloc[-1:].to_dict("records")
+    pending = {
+        **last, "trial_id": "t_00007", "state": "PENDING", "stop_reason": "pending",
+        "epochs_run": 0, "best_epoch": None, "best_metric": None, "config/batch_size": 128,
+    }  # fmt: skip
+    write_trial_row(Location.of(results), pending, 1)
     return results
 
 
@@ -241,7 +241,7 @@ def test_export_optuna_command_prints_how_to_open_it(tmp_path):
 
 
 def assert_mirror_agrees(results):
-    """The journal a study wrote holds one Optuna trial per trials.parquet row, with the same
+    """The journal a study wrote holds one Optuna trial per trial row, with the same
     params, the metric of every Parquet epoch as intermediate values, its final state, and the
     best value of the completed trials."""
     data = read_study(results)

@@ -15,9 +15,9 @@ from cifartune.engine import device
 from cifartune.engine.data import describe_source
 from cifartune.store.optuna_mirror import OptunaMirror
 from cifartune.store.study_data import read_study
-from cifartune.study.local import CONFIG_FILE, METRICS_FILE, train_local
+from cifartune.study.local import CONFIG_FILE, train_local
 
-from ..support import REPO, fabricate_study, quick_config, run_cli
+from ..support import REPO, fabricate_study, quick_config, run_cli, run_epochs
 
 
 @pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
@@ -25,7 +25,7 @@ def test_a_run_records_the_precision_auto_picked(tmp_path, monkeypatch, native, 
     monkeypatch.setattr(device, "native_bf16", lambda device: native)
     config = quick_config(data__train_subset=100, optim__name="momentum")
     train_local(config, tmp_path)
-    row = pd.read_parquet(tmp_path / METRICS_FILE).iloc[0]
+    row = run_epochs(tmp_path).iloc[0]
     assert row["effective/precision"] == expected
     assert row["effective/optim.momentum"] == 0.9  # the momentum optimizer's default
     assert row["effective/threads"] == 2 and row["effective/device"] == "cpu"
@@ -39,8 +39,8 @@ def test_a_run_records_the_precision_auto_picked(tmp_path, monkeypatch, native, 
 def test_momentum_is_recorded_only_where_it_applies(tmp_path):
     train_local(quick_config(data__train_subset=100, optim__name="adam"), tmp_path / "adam")
     train_local(quick_config(data__train_subset=100), tmp_path / "sgd")
-    adam = pd.read_parquet(tmp_path / "adam" / METRICS_FILE).iloc[0]
-    sgd = pd.read_parquet(tmp_path / "sgd" / METRICS_FILE).iloc[0]
+    adam = run_epochs(tmp_path / "adam").iloc[0]
+    sgd = run_epochs(tmp_path / "sgd").iloc[0]
     assert pd.isna(adam["effective/optim.momentum"]) and sgd["effective/optim.momentum"] == 0.0
 
 
@@ -59,12 +59,20 @@ def test_several_studies_read_as_one_table_keep_their_origin(tmp_path):
 
     for name in ("alpha", "beta"):
         fabricate_study(tmp_path, {"name": name, **SPEC}, CURVES)
+    # The queries docs/results.md gives: one schema for every file, so no union_by_name.
     rows = duckdb.sql(
         f'select study, trial_id, epoch, "time/ended_at" from read_parquet('
-        f"'{tmp_path}/*/epochs/*.parquet', union_by_name=true) order by study, trial_id, epoch"
+        f"'{tmp_path}/*/epochs/*/*.parquet') order by study, trial_id, epoch"
     ).df()
     assert rows["study"].tolist() == ["alpha"] * 3 + ["beta"] * 3
-    trials = duckdb.sql(f"select * from read_parquet('{tmp_path}/*/trials.parquet')").df()
+    import polars as pl
+
+    frame = pl.read_parquet(f"{tmp_path}/*/epochs/*/*.parquet").sort(["study", "trial_id"])
+    assert frame["study"].to_list() == ["alpha"] * 3 + ["beta"] * 3
+    trials = duckdb.sql(
+        f"select * from read_parquet('{tmp_path}/*/trials/*/*.parquet') "
+        "qualify row_number() over (partition by study, trial_id order by seq desc) = 1"
+    ).df()
     assert sorted(trials["study"]) == ["alpha", "alpha", "beta", "beta"]
     assert trials["variant"].isna().all()  # no variants: null, not ""
     assert set(trials["stop_reason"]) == {"completed", "running"}  # the outcome, Ray-free
@@ -76,7 +84,7 @@ def test_timestamps_are_parquet_timestamps(tmp_path):
     import pyarrow.parquet as pq
 
     study = fabricate_study(tmp_path, {"name": "stamps", **SPEC}, CURVES)
-    schema = pq.read_schema(next((study / "epochs").glob("*.parquet")))
+    schema = pq.read_schema(next((study / "epochs").glob("*/*.parquet")))
     assert str(schema.field("time/ended_at").type).startswith("timestamp")
 
 
@@ -175,7 +183,7 @@ def test_rows_of_an_older_file_missing_a_column_read_as_missing_not_as_true(tmp_
     # its rows (pandas), None in a file written without it (pyarrow). Neither is a divergence,
     # nor an end time.
     from cifartune.store.summary import summarize_epochs
-    from cifartune.store.tables import read_records, write_records
+    from cifartune.store.tables import read_records, write_rows
 
     frame = pd.DataFrame({"epoch": [1, 2], "val/top1": [10.0, 20.0], "diverged": [None, None]})
     frame["diverged"] = frame["diverged"].astype(float)  # NaN, as a concatenation leaves it
@@ -183,6 +191,6 @@ def test_rows_of_an_older_file_missing_a_column_read_as_missing_not_as_true(tmp_
     summary = summarize_epochs(rows, "val/top1", "max", 2, "TERMINATED")
     assert summary["stop_reason"] == "completed" and summary["best_epoch"] == 2
     path = tmp_path / "e.parquet"
-    write_records([{"epoch": 1, "time/ended_at": 1.7e9}, {"epoch": 2, "time/ended_at": None}], path)
+    write_rows([{"epoch": 1, "time/ended_at": 1.7e9}, {"epoch": 2, "time/ended_at": None}], path)
     ended = [row["time/ended_at"] for row in read_records(path)]
     assert ended[0].timestamp() == 1.7e9 and ended[1] is None

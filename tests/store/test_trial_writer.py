@@ -17,10 +17,11 @@ from cifartune.storage import Location
 from cifartune.store import trial_writer
 from cifartune.store.checkpoints import better, load_state, save_state
 from cifartune.store.columns import trial_keys
-from cifartune.store.layout import BEST, LATEST, checkpoint_dir, epochs_path
+from cifartune.store.epochs import EpochReader, epoch_files, trial_epochs_dir, withdrawn_dir
+from cifartune.store.layout import BEST, LATEST, checkpoint_dir
 from cifartune.store.trial_writer import TrialWriter
 
-from ..support import quick_config, read_parquet_once
+from ..support import quick_config
 
 SAMPLE = {"optim.lr": 0.05}
 
@@ -85,8 +86,13 @@ def best(tmp_path):
 
 
 def rows(tmp_path):
-    # Background writes may replace the file while it is read.
-    return read_parquet_once(epochs_path(Location.of(tmp_path), "t_1").local_path)
+    """The trial's epoch rows as a reader sees them now (each epoch's file read once)."""
+    folder = trial_epochs_dir(Location.of(tmp_path), "t_1")
+    return pd.DataFrame(EpochReader().rows(folder))
+
+
+def withdrawn(tmp_path):
+    return sorted(f.name for f in withdrawn_dir(Location.of(tmp_path), "t_1").files())
 
 
 def test_latest_is_written_every_n_epochs_and_at_the_last_one(tmp_path):
@@ -137,7 +143,7 @@ def test_resume_writes_the_rows_a_crash_after_the_checkpoint_left_out(tmp_path, 
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(trial_writer, "write_records", killed)
+    monkeypatch.setattr(trial_writer, "write_epoch", killed)
     with pytest.raises(Killed):
         train(w, history, [metrics(3, top1=40.0)])
     monkeypatch.undo()
@@ -162,14 +168,19 @@ def test_resume_drops_rows_beyond_the_checkpoint(tmp_path):
     history = []
     train(w, history, [metrics(1), metrics(2), metrics(3)])
     assert rows(tmp_path)["epoch"].tolist() == [1, 2, 3]
+    stale = epoch_files(trial_epochs_dir(Location.of(tmp_path), "t_1"))[3].name
     again = writer(tmp_path, epochs=5, every=2)
     state = again.resume()
     assert state["epoch"] == 2
     assert rows(tmp_path)["epoch"].tolist() == [1, 2]
-    # Retraining epoch 3 stores it once, with the new numbers.
+    assert withdrawn(tmp_path) == [stale]  # kept, out of the results
+    # Retraining epoch 3 stores it once, with the new numbers, in a file of another name.
     train(again, history[:2], [metrics(3, top1=50.0)])
     assert rows(tmp_path)["epoch"].tolist() == [1, 2, 3]
     assert rows(tmp_path).iloc[2]["val/top1"] == 50.0
+    assert stale not in {
+        f.name for f in epoch_files(trial_epochs_dir(Location.of(tmp_path), "t_1")).values()
+    }
 
 
 def test_resume_keeps_the_stored_rows_a_checkpoint_cannot_rebuild(tmp_path):
@@ -203,7 +214,8 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     other = writer(tmp_path, epochs=3, sample={"optim.lr": 0.01})
     assert other.resume() is None
     assert latest(tmp_path) is None
-    assert not epochs_path(Location.of(tmp_path), "t_1").exists()
+    assert not epoch_files(trial_epochs_dir(Location.of(tmp_path), "t_1"))
+    assert len(withdrawn(tmp_path)) == 2  # the other configuration's rows, kept aside
 
 
 def test_a_trial_without_files_starts_from_scratch(tmp_path):

@@ -1,5 +1,6 @@
-"""The driver's trial table: work per event independent of the study's size, state changes
-written at once, epoch progress at a bounded rate, failures read back from the trial's files."""
+"""The driver's trial table: work per event independent of the study's size, each change of a
+trial's state written at once as a file of its own, epoch progress read from the epoch files
+(each read once), failures read back from the trial's files."""
 
 from types import SimpleNamespace
 
@@ -11,10 +12,10 @@ from cifartune.config.spec import build_spec, trial_config
 from cifartune.storage import Location
 from cifartune.store.checkpoints import record_failure
 from cifartune.store.columns import epoch_records, trial_keys
-from cifartune.store.layout import TRIALS_FILE, epochs_path
+from cifartune.store.epochs import epoch_files, epoch_path, trial_epochs_dir, write_epoch
 from cifartune.store.study_data import read_study
-from cifartune.store.tables import read_table, write_records
-from cifartune.study.recorder import WRITE_EVERY_S, StudyRecorder, TrialEvent
+from cifartune.store.trial_states import read_trial_rows
+from cifartune.study.recorder import StudyRecorder, TrialEvent
 
 from ..support import TINY_BASE
 
@@ -33,15 +34,19 @@ def _sample(i):
 
 
 def _write_epochs(directory, trial_id, epochs):
+    """The trial's epoch files up to `epochs`, as its process writes them (one per epoch)."""
     sample = _sample(int(trial_id.removeprefix("t")))
     flat = flatten(trial_config(SPEC, sample))
+    folder = trial_epochs_dir(Location.of(directory), trial_id)
+    done = epoch_files(folder)
     history = [
         {"epoch": e, "val/top1": 10.0 + e, "val/loss": 2.0, "train/top1": 10.0,
          "time/epoch_s": 1.0, "time/ended_at": 1e9 + e}
-        for e in range(1, epochs + 1)
+        for e in range(1, epochs + 1) if e not in done
     ]  # fmt: skip
-    write_records(epoch_records(history, flat, **trial_keys(trial_id, flat, sample, study="rec")),
-                  epochs_path(Location.of(directory), trial_id))  # fmt: skip
+    keys = trial_keys(trial_id, flat, sample, study="rec")
+    for row in epoch_records(history, flat, **keys):
+        write_epoch(row, epoch_path(folder, row["epoch"], "ab"))
 
 
 class Clock:
@@ -68,15 +73,15 @@ def _events(n, states=None):
 
 
 def _one_event_costs(tmp_path, n):
-    """Files read, configs resolved, rows rebuilt and tables written for one epoch event in a
-    study of `n` running trials."""
+    """Files read, configs resolved, rows rebuilt and trial rows written for one epoch event in
+    a study of `n` running trials."""
     directory = tmp_path / f"n{n}"
     for i in range(n):
         _write_epochs(directory, f"t{i}", 1)
     clock = Clock()
     recorder, resolve = _recorder(directory, clock)
-    recorder.record_events(_events(n))  # every trial starts: n rows, one write
-    assert recorder.writes == 1 and len(read_table(directory / TRIALS_FILE)) == n
+    recorder.record_events(_events(n))  # every trial starts: a row file each
+    assert recorder.writes == n and len(read_trial_rows(Location.of(directory))) == n
     reads, resolved, writes = recorder.reads, resolve.calls, recorder.writes
     _write_epochs(directory, "t0", 2)
     events = [
@@ -94,38 +99,31 @@ def test_work_per_event_does_not_grow_with_the_trial_count(tmp_path):
     assert small == large == (1, 1, 1, 0, 0)  # one trial re-summarized, one file read, no write
 
 
-def test_the_table_is_written_at_a_bounded_rate_and_nothing_a_resume_needs_waits(tmp_path):
+def test_a_state_change_is_written_at_once_and_progress_is_read_from_the_epoch_files(tmp_path):
     clock = Clock()
     _write_epochs(tmp_path, "t0", 1)
     _write_epochs(tmp_path, "t1", 1)
     recorder, _ = _recorder(tmp_path, clock)
     recorder.record_events(_events(2))
-    assert recorder.writes == 1  # the first event writes the table
+    assert recorder.writes == 2  # both trials start running: a row file each
     _write_epochs(tmp_path, "t0", 2)
     recorder.record_events(_events(2), touched="t0")
+    assert recorder.writes == 2  # an epoch is no change of state: nothing written
     recorder.record_complete("t1")
     recorder.record_events(_events(2, {"t1": "TERMINATED"}), touched="t1")
-    assert recorder.writes == 1  # within WRITE_EVERY_S: not rewritten yet
-    table = read_table(tmp_path / TRIALS_FILE).set_index("trial_id")
-    assert table.loc["t0", "epochs_run"] == 1 and table.loc["t1", "state"] == "RUNNING"
+    assert recorder.writes == 3  # t1 finished: its new row, at once
+    table = read_trial_rows(Location.of(tmp_path)).set_index("trial_id")
+    assert table.loc["t1", "state"] == "TERMINATED" and table.loc["t1", "seq"] == 2
+    assert table.loc["t0", "epochs_run"] == 1  # the row as of t0's last change of state ...
     # ... but a reader sees the progress (summaries come from the epoch files, the truth),
     (tmp_path / "study.json").write_text('{"name": "rec", "state": "running"}')
     assert read_study(tmp_path).trials.set_index("trial_id").loc["t0", "epochs_run"] == 2
-    # ... and a resumed driver knows t1 finished (its marker), not interrupted.
+    # ... and a resumed driver knows t1 finished (its marker), not interrupted, and numbers
+    # its next rows after the ones written.
     resumed, _ = _recorder(tmp_path, Clock())
     rows = {r["trial_id"]: r for r in resumed.record_events(_events(2, {"t1": "TERMINATED"}))}
     assert rows["t1"]["state"] == "TERMINATED" and rows["t1"]["stop_reason"] == "early-stopped"
-    clock.now += WRITE_EVERY_S
-    _write_epochs(tmp_path, "t0", 3)
-    recorder.record_events(_events(2, {"t1": "TERMINATED"}), touched="t0")
-    assert recorder.writes == 2
-    table = read_table(tmp_path / TRIALS_FILE).set_index("trial_id")
-    assert table.loc["t1", "state"] == "TERMINATED" and table.loc["t0", "epochs_run"] == 3
-    # Pending progress is written by flush (the experiment's end).
-    _write_epochs(tmp_path, "t0", 4)
-    recorder.record_events(_events(2, {"t1": "TERMINATED"}), touched="t0")
-    recorder.flush()
-    assert read_table(tmp_path / TRIALS_FILE).set_index("trial_id").loc["t0", "epochs_run"] == 4
+    assert read_trial_rows(Location.of(tmp_path)).set_index("trial_id").loc["t0", "seq"] == 2
 
 
 def test_a_trial_that_failed_for_good_is_an_error_after_a_restart_too(tmp_path):

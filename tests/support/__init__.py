@@ -132,15 +132,12 @@ def stopped_at_exit(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen
 TIMING = ("time/train_s", "time/epoch_s", "time/images_per_s")
 
 
-def read_parquet_once(path: Path) -> Any:
-    """A Parquet file that a thread or process may be replacing, read as a reader must: its
-    bytes in one open, then parsed. ``pd.read_parquet(path)`` opens the path twice (the footer,
-    then the pages): a replace in between applies one file's footer to another's pages."""
-    import io
+def run_epochs(out: Path) -> pd.DataFrame:
+    """The epoch rows of a `cifartune train` run in `out`, as a reader sees them now."""
+    from cifartune.storage import Location
+    from cifartune.store.epochs import EpochReader
 
-    import pandas as pd
-
-    return pd.read_parquet(io.BytesIO(path.read_bytes()))
+    return pd.DataFrame(EpochReader().rows(Location.of(out / "epochs")))
 
 
 def without_timings(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -247,8 +244,10 @@ def fabricate_study(
     from cifartune.config.base import flatten
     from cifartune.config.resolved import resolve
     from cifartune.config.spec import build_spec, spec_hash, trial_config
+    from cifartune.storage import Location
     from cifartune.store.columns import epoch_records, trial_keys
-    from cifartune.store.tables import write_records, write_table
+    from cifartune.store.epochs import epoch_path, trial_epochs_dir, write_epoch
+    from cifartune.store.tables import write_table
     from cifartune.study.recorder import StudyRecorder, TrialEvent
 
     def resolve_flat(spec, sample):
@@ -311,7 +310,9 @@ def fabricate_study(
             )
         flat = resolve_flat(spec, sample)
         rows = epoch_records(history, flat, **trial_keys(trial_id, flat, sample, study=spec.name))
-        write_records(rows, study_dir / "epochs" / f"{trial_id}.parquet")
+        folder = trial_epochs_dir(Location.of(study_dir), trial_id)
+        for row in rows:
+            write_epoch(row, epoch_path(folder, row["epoch"], "0f"))
         if final_state == "TERMINATED":
             recorder.record_complete(trial_id)
         events.append(TrialEvent(trial_id, final_state, sample))

@@ -13,9 +13,12 @@ import pandas as pd
 import pytest
 from filelock import FileLock
 
+from cifartune.storage import Location
+from cifartune.store.epochs import EpochReader, epoch_path, trial_epochs_dir, write_epoch
 from cifartune.store.layout import LOCK_FILE, STUDY_FILE
 from cifartune.store.optuna_mirror import OptunaMirror
 from cifartune.store.study_data import read_study
+from cifartune.store.trial_states import read_trial_rows, write_trial_row
 from cifartune.views.status import follow, render_status
 
 from ..store.test_optuna_mirror import asha_study, grid_study
@@ -42,7 +45,7 @@ def test_status_view_counts_trials_epochs_best_and_eta(tmp_path):
     )
     # 16 epochs done; left: the running trial's 2 and the pending trial's 4 (worst case)
     assert "epochs: 16 done / 22 planned at most (ASHA stops some early)" in text
-    # as in trials.parquet: a diverged trial's epochs before it diverged count
+    # as in the trial table: a diverged trial's epochs before it diverged count
     assert "best so far: val/top1 60.000 (trial t_00004, epoch 1) optim.lr=0.004642" in text
     assert "  t_00006  epoch 2/4  val/top1 32.000" in text
     seconds = study.epochs["time/epoch_s"].median()
@@ -61,7 +64,7 @@ def test_status_view_of_a_finished_grid_study_has_no_eta(tmp_path):
 def test_status_view_before_any_trial_reported(tmp_path):
     results = grid_study(tmp_path)
     shutil.rmtree(results / "epochs")
-    (results / "trials.parquet").unlink()
+    shutil.rmtree(results / "trials")
     text = render_status(read_study(results), NOW, live=True)
     assert "trials: 8 planned | 8 not started" in text
     assert "epochs: 0 done / 24 planned  [" + "." * 30 + "] 0%" in text
@@ -233,10 +236,9 @@ def test_status_of_a_dead_drivers_study_agrees_with_its_epoch_files(tmp_path):
     results = asha_study(tmp_path)
     # The running trial wrote an epoch after the trial table's last write, then its driver
     # died (a pid that is gone, on this host, its lock free).
-    path = results / "epochs" / "t_00006.parquet"
-    rows = pd.read_parquet(path)
-    newer = rows.iloc[-1:].assign(epoch=3, **{"val/top1": 70.0})
-    pd.concat([rows, newer], ignore_index=True).to_parquet(path)
+    folder = trial_epochs_dir(Location.of(results), "t_00006")
+    newer = {**EpochReader().rows(folder)[-1], "epoch": 3, "val/top1": 70.0}
+    write_epoch(newer, epoch_path(folder, 3, "cd"))
     meta = json.loads((results / STUDY_FILE).read_text())
     meta.update(host=socket.gethostname(), pid=2**22 + 1)
     (results / STUDY_FILE).write_text(json.dumps(meta))
@@ -251,14 +253,15 @@ def test_status_of_a_dead_drivers_study_agrees_with_its_epoch_files(tmp_path):
 
 def test_eta_counts_measured_start_ups_and_the_trials_running_at_once(tmp_path):
     results = asha_study(tmp_path)
-    trials = pd.read_parquet(results / "trials.parquet")
+    trials = read_trial_rows(Location.of(results))
     epochs = read_study(results).epochs
     first = epochs.groupby("trial_id").first()
     began = first["time/ended_at"] - pd.to_timedelta(first["time/epoch_s"], unit="s")
     # Each trial began its first epoch 5 s after Ray started it; two trials run now.
     trials["started_at"] = trials["trial_id"].map(began - pd.Timedelta(seconds=5))
     trials.loc[trials["trial_id"] == "t_00005", ["state", "stop_reason"]] = ["RUNNING", "running"]
-    trials.to_parquet(results / "trials.parquet")
+    for row in trials.to_dict("records"):  # each trial's next row, as the driver writes it
+        write_trial_row(Location.of(results), row, int(row["seq"]) + 1)
     text = render_status(read_study(results), NOW, live=True)
     seconds = epochs["time/epoch_s"].median()
     left = 2 + 4 + 3  # t_00006's 2, the pending trial's 4, t_00005's 3 (worst case)
