@@ -41,7 +41,7 @@ HOOKS = ("on_trial_result", "on_trial_start", "on_trial_complete", "on_trial_err
 
 
 def tiny_spec(name: str, trials: int, slots: int, storage: str) -> Any:
-    from cifartune.config.spec import build_spec
+    from cifartune.config.validation import build_spec
 
     return build_spec(
         {

@@ -15,8 +15,9 @@ import importlib
 from importlib.metadata import version
 from typing import Any
 
-from cifartune.config.spec import StudySpec, load_spec
+from cifartune.config.spec import StudySpec
 from cifartune.config.trial import TrialConfig, load_trial_config
+from cifartune.config.validation import load_spec
 from cifartune.errors import ConfigError
 
 __version__ = version("cifartune")

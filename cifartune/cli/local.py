@@ -7,9 +7,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cifartune.config.trial import load_trial_config
+from cifartune.config.trial import TrialConfig, load_trial_config
 from cifartune.study.signals import EXIT_INTERRUPTED
+
+if TYPE_CHECKING:
+    from cifartune.study.replay import Replay
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -47,10 +51,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifartune.study.local import CONFIG_FILE, train_local
 
     out: Path = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    if args.resume and args.config is None and not args.overrides:
-        args.config = out / CONFIG_FILE
-    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    config = load_trial_config(args.config, overrides)
+    replay = _replay(args, out)
+    if replay is not None:
+        config, schedule = replay.config, replay.schedule
+        if args.device:
+            config = config.model_copy(update={"device": args.device})
+        print(f"replaying trial {replay.trial_id}: {_trained_by(replay.trained_by)}")
+        for epoch, changed in schedule.items():
+            print(f"  from epoch {epoch}: {_changes(config, changed)}")
+    else:
+        if args.resume and args.config is None and not args.overrides:
+            args.config = out / CONFIG_FILE
+        overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+        config, schedule = load_trial_config(args.config, overrides), {}
     bar: tqdm | None = None
 
     def progress(done: int, total: int) -> None:
@@ -66,7 +79,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         tqdm.write(_epoch_line(metrics))
 
     try:
-        result = train_local(config, out, resume=args.resume, on_epoch=on_epoch, progress=progress)
+        result = train_local(
+            config,
+            out,
+            resume=args.resume,
+            on_epoch=on_epoch,
+            progress=progress,
+            schedule=schedule,
+        )
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; the finished epochs are in {out} "
@@ -81,9 +101,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace, out: Path) -> Replay | None:
+    """The replay `args` ask for: ``--replay``, or the one a resumed ``--out`` was started with
+    (its REPLAY_FILE), None for a plain run."""
+    import yaml
+
+    from cifartune.config.files import read_yaml
+    from cifartune.errors import ConfigError
+    from cifartune.study.local import REPLAY_FILE
+    from cifartune.study.replay import plan_replay
+
+    if args.replay is None and args.trial is not None:
+        raise ConfigError("--trial: names a trial of --replay RESULTS; pass --replay too")
+    source = out / REPLAY_FILE
+    if args.replay is None and not (args.resume and source.is_file()):
+        return None
+    if args.config is not None or args.overrides:
+        raise ConfigError(
+            "--replay: the study's results give the config; drop --config and --set "
+            "(--device still applies)"
+        )
+    if args.replay is None:
+        asked = read_yaml(source)
+        return plan_replay(str(asked["results"]), str(asked["trial"]))
+    replay = plan_replay(args.replay, args.trial)
+    if not args.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        source.write_text(yaml.safe_dump({"results": args.replay, "trial": replay.trial_id}))
+    return replay
+
+
+def _trained_by(trained_by: list[tuple[int, str]]) -> str:
+    """'epochs 1-4 as trial a, 5-8 as trial b' from [(epoch, trial)]."""
+    from cifartune.store.lineage import spans
+
+    return ", ".join(f"epochs {a}-{b} as trial {t}" for a, b, t in spans(trained_by))
+
+
+def _changes(before: TrialConfig, after: TrialConfig) -> str:
+    from cifartune.engine.run import hyperparameters
+
+    old, new = hyperparameters(before), hyperparameters(after)
+    return ", ".join(f"{k} {old[k]} -> {new[k]}" for k in new if new[k] != old[k]) or "-"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from cifartune.config.resolved import resolve
-    from cifartune.config.spec import load_spec
+    from cifartune.config.validation import load_spec
     from cifartune.engine.data import describe_source
 
     resolved = resolve(load_spec(args.spec, args.overrides))

@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="output directory (default runs/train-<time>)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides `device`")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--replay",
+        metavar="RESULTS[/TRIAL]",
+        help="train a study's trial again from scratch with the hyperparameters it had at each "
+        "epoch (a PBT trial's schedule, following its exploits); RESULTS is the study's "
+        "results directory (path or URI), TRIAL one of its trial ids (default: the best)",
+    )
+    train.add_argument("--trial", help="with --replay: the trial (default: the study's best)")
     train.set_defaults(func=cmd_train)
 
     inspect = _command(sub, "inspect", "print the network's layer table (seed Q7, Q10)")

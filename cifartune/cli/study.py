@@ -68,6 +68,12 @@ def _print_plan(resolved: ResolvedSpec) -> None:
             f"expected about {p.expected_epochs:.0f} trial-epochs "
             f"({p.expected_epochs / max(p.worst_case_epochs, 1):.0%} of worst case)"
         )
+    if spec.budget is not None:
+        limits = [f"{k} {v}" for k, v in spec.budget.model_dump(exclude_none=True).items()]
+        print(
+            f"budget: {', '.join(limits)}; the first reached ends the study (counted from the "
+            "results directory, across resumes)"
+        )
     res = spec.resources
     print(
         f"resources: {res.cpus:g} CPU + {res.gpus:g} GPU per trial; this machine has "
@@ -78,7 +84,7 @@ def _print_plan(resolved: ResolvedSpec) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from cifartune.config.resolved import resolve
-    from cifartune.config.spec import load_spec
+    from cifartune.config.validation import load_spec
 
     spec = resolve(load_spec(args.spec, args.overrides))
     if args.dry_run:
@@ -90,18 +96,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from cifartune.config.files import load_yaml_text
     from cifartune.config.resolved import resolve
-    from cifartune.config.spec import LOCATION_KEYS, build_spec
+    from cifartune.config.spec import RESUME_KEYS, resume_may_set
+    from cifartune.config.validation import build_spec
     from cifartune.store.layout import SPEC_FILE
     from cifartune.store.study_data import read_study
 
     directory = read_study(args.results).directory  # a clear error for what is not a study
     for override in args.overrides:
-        key = override.partition("=")[0].strip().removeprefix("base.")
-        if key not in LOCATION_KEYS:
+        if not resume_may_set(override.partition("=")[0].strip()):
             raise ConfigError(
-                f"--set {override}: resume changes only where the data lives "
-                f"({', '.join('base.' + k for k in LOCATION_KEYS)}); to change what is trained, "
-                "run a new study"
+                f"--set {override}: resume changes only where the data lives and the budget "
+                f"({', '.join(RESUME_KEYS)}.*); to change what is trained, run a new study"
             )
     stored = directory / SPEC_FILE
     spec = build_spec(load_yaml_text(stored.read_text(), str(stored)), args.overrides)

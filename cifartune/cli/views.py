@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from typing import Any
 def _print_summary(where: Any, *, hint: bool = True) -> None:
     from cifartune.store.metadata import describe_driver, driver_gone, lock_is_free
     from cifartune.store.study_data import read_study
+    from cifartune.views.status import best_line, budget_lines
 
     study = read_study(where)
     directory, meta = study.directory, study.meta
@@ -25,6 +27,9 @@ def _print_summary(where: Any, *, hint: bool = True) -> None:
     )
     if state.startswith("interrupted") and hint:
         print(f"continue it with: cifartune resume {directory}")
+    live = meta.get("state") == "running" and not state.startswith("interrupted")
+    for line in budget_lines(study, dt.datetime.now(dt.UTC), live=live):
+        print(line)
     if meta.get("error"):
         print(f"every trial failed; most common error: {meta['error']}")
     if trials.empty:
@@ -37,19 +42,10 @@ def _print_summary(where: Any, *, hint: bool = True) -> None:
         f"({_hours(trials['reserved_cpu_s'].sum())} CPU, "
         f"{_hours(trials['reserved_gpu_s'].sum())} GPU reserved)"
     )
-    scored = trials.dropna(subset=["best_metric"])
-    if scored.empty:
+    best = best_line(study)
+    if not best:
         return
-    best = scored.loc[
-        scored["best_metric"].idxmax() if study.mode == "max" else scored["best_metric"].idxmin()
-    ]
-    factors = ", ".join(f"{k.removeprefix('config/')}={best[k]}" for k in study.factor_keys())
-    if study.has_variants():
-        factors = f"variant={best['variant']} {factors}"
-    print(
-        f"best so far: {study.metric} {best['best_metric']:.3f} (trial {best['trial_id']}, "
-        f"epoch {int(best['best_epoch'])}) {factors}"
-    )
+    print(best)
     if not study.test.empty:
         top = study.test[study.test["rank"] == 1]
         print(

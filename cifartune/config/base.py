@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,9 +35,13 @@ def _fields_at(model: type[BaseModel], loc: Iterable[Any]) -> list[str] | None:
     for part in loc:
         field = current.model_fields.get(str(part))
         annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+        sections = [
+            m for m in (annotation, *members) if isinstance(m, type) and issubclass(m, BaseModel)
+        ]
+        if not sections:  # a value, or a free-form mapping
             return None
-        current = annotation
+        current = sections[0]
     return list(current.model_fields)
 
 

@@ -47,6 +47,15 @@ def _type(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The section model an annotation holds, optional or not; None for a value."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else ()
+    for member in (annotation, *members):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
+
+
 def _default(field: Any) -> str:
     if field.default is PydanticUndefined:
         return "required" if field.default_factory is None else "`{}`"
@@ -55,6 +64,8 @@ def _default(field: Any) -> str:
         return "(section)"
     if value is None:
         return "null"
+    if value == "":
+        return '`""`'
     if isinstance(value, tuple):
         return f"`{'+'.join(map(str, value)) or 'none'}`"
     return f"`{str(value).lower() if isinstance(value, bool) else value}`"
@@ -80,10 +91,13 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
     sections = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            sections.append((f"{prefix}{name}.", annotation))
-            continue
         text = (field.description or "").replace("|", "\\|")
+        section = _section(annotation)
+        if section is not None:
+            sections.append((f"{prefix}{name}.", section))
+            if section is not annotation:  # an optional section: its own row says so
+                rows.append(f"| `{prefix}{name}` | section or null | null |  | {text} |")
+            continue
         rows.append(
             f"| `{prefix}{name}` | {_type(annotation)} | {_default(field)} | {_range(field)} "
             f"| {text} |"

@@ -39,12 +39,30 @@ class ResolvedSpec:
         return self.spec.metric
 
     @property
-    def scheduler_stops(self) -> frozenset[int]:
-        """Epochs after which the scheduler may end a trial before its last: ASHA's rungs and
-        its max_t (below a trial's epochs when ``scheduler.max_epochs`` says so); FIFO: none."""
-        if self.spec.scheduler.name == "asha":
+    def scheduler_stops(self) -> frozenset[int] | None:
+        """Epochs after which a trial may end before its last: ASHA's rungs and its max_t
+        (below a trial's epochs when ``scheduler.max_epochs`` says so); FIFO: none; PBT: its
+        perturbation epochs (a trial is paused there); with a budget, any (None): the study
+        may stop every trial after whichever epoch spends it."""
+        sched = self.spec.scheduler
+        if self.spec.budget is not None:
+            return None
+        if sched.name == "asha":
             return frozenset([*self.rungs, self.max_epochs])
+        if sched.name == "pbt":
+            return self.perturbation_epochs
         return frozenset()
+
+    @property
+    def perturbation_epochs(self) -> frozenset[int]:
+        """PBT's: every ``scheduler.perturbation_interval``-th epoch before the last (none for
+        another scheduler)."""
+        sched = self.spec.scheduler
+        if sched.name != "pbt":
+            return frozenset()
+        return frozenset(
+            range(sched.perturbation_interval, self.base.epochs, sched.perturbation_interval)
+        )
 
     def trial_config(self, sample: Mapping[str, Any]) -> TrialConfig:
         """The typed config of the trial that sampled `sample`."""

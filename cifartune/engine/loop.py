@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,7 +27,9 @@ from cifartune.engine.run import (
     StateThunk,
     build_model_for,
     build_run,
+    hyperparameters,
     input_size,
+    set_hyperparameters,
 )
 from cifartune.engine.splits import DeviceData, to_device
 from cifartune.engine.transforms import (
@@ -167,6 +169,15 @@ class FitResult:
     run: Run
 
 
+def config_in_force(
+    config: TrialConfig, schedule: Mapping[int, TrialConfig] | None, epoch: int
+) -> TrialConfig:
+    """The config `epoch` trains with under `schedule` (see :func:`fit`): its latest entry at
+    or before `epoch`, else `config`."""
+    started = [e for e in schedule or {} if e <= epoch]
+    return schedule[max(started)] if schedule and started else config
+
+
 def fit(
     config: TrialConfig,
     data: CifarArrays | DeviceData,
@@ -175,11 +186,15 @@ def fit(
     resume: dict[str, Any] | None = None,
     device: torch.device | None = None,
     progress: Progress | None = None,
+    schedule: Mapping[int, TrialConfig] | None = None,
 ) -> FitResult:
     """Train `config` for ``config.epochs`` epochs (from `resume`'s epoch when given).
 
-    Stops early with status ``diverged`` when the loss becomes non-finite or explodes; the epochs
-    so far are kept in the history and were already reported.
+    A `resume` state saved under other hyperparameters than `config`'s (a PBT trial that took
+    another's state) goes on with `config`'s (:func:`~.run.set_hyperparameters`); `schedule`
+    gives the config to train each listed epoch (1-based) with, from that epoch on (a replayed
+    PBT schedule). Stops early with status ``diverged`` when the loss becomes non-finite or
+    explodes; the epochs so far are kept in the history and were already reported.
     """
     # Set every time: a reused trial process keeps the previous trial's thread count.
     torch.set_num_threads(config.threads or DEFAULT_THREADS)
@@ -188,10 +203,16 @@ def fit(
     run = build_run(config, data)
     if resume is not None:
         run.load_state_dict(resume)
+        going_on = config_in_force(config, schedule, run.epoch)
+        saved = TrialConfig.model_validate(resume["config"]) if "config" in resume else going_on
+        if hyperparameters(saved) != hyperparameters(going_on):
+            set_hyperparameters(run, going_on)
     status: Literal["completed", "diverged"] = "completed"
     if run.history and run.history[-1].get("diverged"):
         status = "diverged"
     while status == "completed" and run.epoch < config.epochs:
+        if schedule is not None and run.epoch + 1 in schedule:
+            set_hyperparameters(run, schedule[run.epoch + 1])
         metrics = run_epoch(run, with_test=config.eval_test, progress=progress)
         if report is not None:
             report(metrics, run.state_dict)

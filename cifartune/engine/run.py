@@ -202,3 +202,40 @@ def build_run(config: TrialConfig, data: DeviceData) -> Run:
         generator=generator,
         train_forward=compiled_forward(base.model, config.compile, data.device),
     )
+
+
+# What can change in a run that goes on from its state (population-based training's exploit and
+# explore, a replayed schedule): the optimizer's hyperparameters, dropout, augmentation strength.
+# The config layer refuses any other key for PBT (config.sections.MUTABLE_KEYS).
+def hyperparameters(config: TrialConfig) -> dict[str, Any]:
+    """The values of `config` that a running run can take on (see :func:`set_hyperparameters`)."""
+    data = config.data
+    return {
+        "optim.lr": config.optim.lr,
+        "optim.momentum": config.optim.resolved_momentum,
+        "optim.weight_decay": config.optim.weight_decay,
+        "model.dropout": config.model.dropout,
+        "data": data.model_dump(include={"crop_padding", "cutout_size", "rotate_degrees",
+                                         "jitter_brightness", "jitter_contrast",
+                                         "jitter_saturation", "jitter_hue"}),
+    }  # fmt: skip
+
+
+def set_hyperparameters(run: Run, config: TrialConfig) -> None:
+    """Make `run` go on with `config`'s hyperparameters (:func:`hyperparameters`): the learning
+    rate, momentum and weight decay of every parameter group (and the base rate a constant
+    schedule multiplies, which would put the old rate back at its next step), dropout's p, the
+    augmentation's strength. Weights, optimizer moments and the epoch count stay."""
+    values = hyperparameters(config)
+    for group in run.optimizer.param_groups:
+        group["lr"] = values["optim.lr"]
+        group["weight_decay"] = values["optim.weight_decay"]
+        if "momentum" in group:
+            group["momentum"] = values["optim.momentum"]
+    if hasattr(run.scheduler, "base_lrs"):
+        run.scheduler.base_lrs = [values["optim.lr"]] * len(run.optimizer.param_groups)
+    for module in run.model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = values["model.dropout"]
+    run.augment = build_augment(config.data)
+    run.config = config

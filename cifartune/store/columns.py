@@ -95,17 +95,21 @@ def _field_types(model: type[BaseModel], prefix: str) -> dict[str, pa.DataType]:
 
 
 @functools.cache
+def config_types() -> dict[str, pa.DataType]:
+    """Every ``config/<key>`` column, with its type."""
+    return _field_types(TrialConfig, CONFIG_PREFIX)
+
+
+@functools.cache
 def epoch_types() -> dict[str, pa.DataType]:
     """Every column of an epoch row, with its type."""
-    config = _field_types(TrialConfig, CONFIG_PREFIX)
-    return {**KEY_TYPES, **METRIC_TYPES, **config, **EFFECTIVE_TYPES}
+    return {**KEY_TYPES, **METRIC_TYPES, **config_types(), **EFFECTIVE_TYPES}
 
 
 @functools.cache
 def trial_types() -> dict[str, pa.DataType]:
     """Every column of a trial row, with its type."""
-    config = _field_types(TrialConfig, CONFIG_PREFIX)
-    return {**KEY_TYPES, **SUMMARY_TYPES, "seq": _INT, **config, **EFFECTIVE_TYPES}
+    return {**KEY_TYPES, **SUMMARY_TYPES, "seq": _INT, **config_types(), **EFFECTIVE_TYPES}
 
 
 # Keys that vary between repeats of one configuration, or only say where it ran or where its
@@ -142,15 +146,21 @@ def group_id(flat_config: Mapping[str, Any]) -> str:
 
 
 def trial_keys(
-    trial_id: str, flat_config: Mapping[str, Any], sample: Mapping[str, Any], *, study: str
+    trial_id: str,
+    flat_config: Mapping[str, Any],
+    sample: Mapping[str, Any],
+    *,
+    study: str,
+    group: str | None = None,
 ) -> dict:
-    """The identifying columns of a trial's rows: study, id, configuration group, variant (null
-    in a study without variants), seed. ``study`` keeps rows apart when several studies' files
-    are read as one table."""
+    """The identifying columns of a trial's rows: study, id, configuration group (by default
+    the same for every repeat of the configuration; a PBT trial, whose configuration changes,
+    is its own), variant (null in a study without variants), seed. ``study`` keeps rows apart
+    when several studies' files are read as one table."""
     return {
         "study": study,
         "trial_id": trial_id,
-        "group": group_id(flat_config),
+        "group": group or group_id(flat_config),
         "variant": sample.get("variant"),
         "seed": flat_config["seed"],
     }

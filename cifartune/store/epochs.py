@@ -120,6 +120,14 @@ class EpochReader:
         return concat_frames([t for t in tables if t is not None])
 
 
+def metric_by_epoch(uri: str, metric: str, trial_id: str) -> dict[int, float]:
+    """A trial's value of `metric` per epoch, from the files of the study at `uri` (a path or
+    URI, so that the function and its arguments pickle: Ray pickles the searcher holding it)."""
+    folder = trial_epochs_dir(Location.of(uri), trial_id)
+    rows = EpochReader().rows(folder)
+    return {int(row["epoch"]): float(row[metric]) for row in rows if row.get(metric) is not None}
+
+
 def read_study_epochs(directory: Location) -> pd.DataFrame:
     """Every epoch row of the study in `directory`."""
     return EpochReader().study_frame(directory)

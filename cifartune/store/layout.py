@@ -5,7 +5,9 @@ prefix). What a reader may see of each, and when, is in docs/results.md.
   spec.yaml                       the resolved spec (replaced whole, the same each time)
   epochs/<trial>/<e>-<w>.parquet  one row per finished epoch, written once by the trial
   trials/<trial>/<seq>.parquet    the trial at each change of state, written once by the driver
+  lineage/<trial>/<e>-<w>.parquet each exploit of a PBT trial, written once by the trial
   test.parquet                    test-set scores of the best configurations, written once
+  budget.json                     the budget's limit the study reached, written once
   checkpoints/<trial>/            latest.pt, best.pt, failed.txt: the trial's own, for resume
   finished/<trial>                an empty file per trial Ray reported complete
   optuna.journal                  the study's Optuna mirror (Optuna's append-only journal)
@@ -33,6 +35,8 @@ FINISHED_DIR = "finished"
 ORPHANED_DIR = "orphaned"
 WITHDRAWN_DIR = "withdrawn"
 TRIALS_DIR = "trials"
+BUDGET_FILE = "budget.json"
+LINEAGE_DIR = "lineage"
 
 
 def checkpoint_dir(directory: Location, trial_id: str) -> Location:

@@ -28,7 +28,8 @@ def now() -> str:
 
 
 class StudyMetadata:
-    """study.json: who runs the study (host, pid, heartbeat) and in which state it is.
+    """study.json: who runs the study (host, pid, heartbeat), in which state it is, and when
+    each of its drivers ran (``runs``: started, until its last heartbeat or its end).
 
     While a driver runs, a thread refreshes the heartbeat every HEARTBEAT_S seconds, so a study
     whose driver died (SIGKILL, power loss) is told apart from one that is running."""
@@ -44,8 +45,12 @@ class StudyMetadata:
         return json.loads(self.path.read_text()) if self.path.is_file() else None
 
     def write(self, **updates: Any) -> None:
+        """Update study.json (whole: one atomic replace); the heartbeat, and the end of the
+        current driver's entry in ``runs`` (what a wall budget counts), are now."""
         with self._lock:
             self.data.update(updates, heartbeat=now())
+            if self.data.get("runs"):
+                self.data["runs"][-1]["until"] = self.data["heartbeat"]
             atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))
 
     def start_heartbeat(self) -> None:

@@ -11,6 +11,9 @@ Mapping, one Optuna trial per cifartune trial (found by its ``trial_id`` user at
 Ray's trial id):
 
 - params: the spec's space (lists and variants as categoricals); the seed is a user attribute;
+  a population-based training member's mutated keys are params too, with the values it
+  started with (what the search drew; its epoch rows hold the values in force at each epoch),
+  and its exploits are its ``exploits`` user attribute ('2 from trial a');
 - intermediate values: the study metric of each epoch, step = epoch (non-finite values, a
   diverged loss, are left out: Optuna's pruners and plots take finite values only);
 - state: PENDING -> WAITING; RUNNING and INTERRUPTED -> RUNNING (an interrupted trial is resumed
@@ -48,22 +51,27 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifartune.config.spec import VARIANT_KEY, metric_mode
 from cifartune.errors import CifartuneError
+from cifartune.storage import Location
 from cifartune.store.columns import CONFIG_PREFIX, column_value
+from cifartune.store.lineage import trial_exploits
 from cifartune.store.study_data import read_study
 from cifartune.store.summary import epochs_by_trial, metric_value
+from cifartune.store.trial_states import FINAL_STATES
 
 log = logging.getLogger(__name__)
 JOURNAL_FILE = "optuna.journal"
 TRIAL_ID_ATTR = "trial_id"
+EXPLOITS_ATTR = "exploits"  # a PBT member's lineage (see OptunaMirror._exploits)
 # Trial-row columns copied to user attributes where present (the rest are params).
 USER_ATTR_COLUMNS = (
     "trial_id", "ray_trial_id", "group", "variant", "seed", "state", "stop_reason", "epochs_run",
     "max_epochs", "best_epoch", "best_metric", "retries", "time_s", "error",
 )  # fmt: skip
 COUNT_COLUMNS = ("seed", "epochs_run", "max_epochs", "best_epoch", "retries")
-FINAL_STATES = {
+FINAL_TRIAL_STATES = {
     "completed": TrialState.COMPLETE,
     "early-stopped": TrialState.PRUNED,
+    "budget": TrialState.PRUNED,  # stopped by the study's budget: before its end, as ASHA's
     "error": TrialState.FAIL,
     "diverged": TrialState.FAIL,
 }
@@ -115,7 +123,9 @@ def space_distributions(spec: Mapping[str, Any]) -> dict[str, BaseDistribution]:
     distributions: dict[str, BaseDistribution] = {}
     if spec.get("variants"):
         distributions[VARIANT_KEY] = CategoricalDistribution(list(spec["variants"]))
-    for key, dim in (spec.get("space") or {}).items():
+    # A PBT trial's mutated keys are params too: the values it started with (its trial row's).
+    mutations = (spec.get("scheduler") or {}).get("mutations") or {}
+    for key, dim in {**(spec.get("space") or {}), **mutations}.items():
         if isinstance(dim, list):
             distributions[key] = CategoricalDistribution([column_value(v) for v in dim])
         elif dim["type"] == "float":
@@ -156,6 +166,8 @@ class OptunaMirror:
         self.metric = str(spec.get("metric", "val/top1"))
         mode = metric_mode(self.metric, spec.get("mode"))
         self.distributions = space_distributions(spec)
+        self.directory = directory
+        self.pbt = (spec.get("scheduler") or {}).get("name") == "pbt"
         self.storage = open_storage(directory, storage_url)
         direction = StudyDirection.MAXIMIZE if mode == "max" else StudyDirection.MINIMIZE
         name = str(spec["name"])
@@ -192,6 +204,8 @@ class OptunaMirror:
         state = self._target_state(trial_row)
         steps = self._steps(epochs)
         attrs = {k: _attribute(k, trial_row[k]) for k in USER_ATTR_COLUMNS if k in trial_row}
+        if self.pbt and state.is_finished():
+            attrs[EXPLOITS_ATTR] = self._exploits(trial_id)
         if trial_id not in self._ids:
             self._read_mapping()  # another process may have created it since
         if trial_id not in self._ids:
@@ -218,6 +232,13 @@ class OptunaMirror:
             state, value = self._final_value(state, trial_row, steps)
             self.storage.set_trial_state_values(internal, state, None if value is None else [value])
 
+    def _exploits(self, trial_id: str) -> str:
+        """A PBT member's lineage as Optuna shows it: '2 from trial a, 4 from trial b'."""
+        taken = trial_exploits(Location.of(self.directory), trial_id)
+        return (
+            ", ".join(f"{row['epoch']} from trial {row['donor_trial_id']}" for row in taken) or "-"
+        )
+
     def sync(self, trials: pd.DataFrame, epochs: pd.DataFrame) -> None:
         """:meth:`update` for every row of `trials` (ordered by trial id, so a rebuilt mirror
         numbers its trials the same way every time) with its rows of `epochs`."""
@@ -228,14 +249,14 @@ class OptunaMirror:
     def _target_state(self, row: Mapping[str, Any]) -> TrialState:
         if row["state"] == "PENDING":
             return TrialState.WAITING
-        if row["state"] in ("TERMINATED", "ERROR"):
+        if row["state"] in FINAL_STATES:
             reason = str(row["stop_reason"])
-            if reason not in FINAL_STATES:
+            if reason not in FINAL_TRIAL_STATES:
                 raise MirrorError(
                     f"trial {row['trial_id']}: stop_reason = {reason!r} with state "
-                    f"{row['state']}; the mirror knows {', '.join(FINAL_STATES)}"
+                    f"{row['state']}; the mirror knows {', '.join(FINAL_TRIAL_STATES)}"
                 )
-            return FINAL_STATES[reason]
+            return FINAL_TRIAL_STATES[reason]
         return TrialState.RUNNING  # RUNNING, INTERRUPTED (resumed later), PAUSED
 
     def _steps(self, epochs: Sequence[Mapping[str, Any]]) -> dict[int, float]:
@@ -245,8 +266,8 @@ class OptunaMirror:
     def _final_value(
         self, state: TrialState, row: Mapping[str, Any], steps: Mapping[int, float]
     ) -> tuple[TrialState, float | None]:
-        if state == TrialState.PRUNED:
-            return state, steps[max(steps)] if steps else None
+        if state == TrialState.PRUNED:  # as the searcher tells Optuna: no value at all, a fail
+            return (state, steps[max(steps)]) if steps else (TrialState.FAIL, None)
         if state == TrialState.COMPLETE:
             best = _plain(row.get("best_metric"))
             if best is None or not math.isfinite(best):  # Optuna refuses a NaN objective value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from cifartune.store.columns import (
 )
 from cifartune.store.epochs import EpochReader
 from cifartune.store.layout import SPEC_FILE, STUDY_FILE, TEST_FILE
+from cifartune.store.lineage import read_lineage
 from cifartune.store.summary import resummarize
 from cifartune.store.tables import as_timestamps, read_optional_table
 from cifartune.store.trial_states import read_trial_rows
@@ -36,6 +37,7 @@ class StudyData:
     epochs: pd.DataFrame
     trials: pd.DataFrame
     test: pd.DataFrame
+    lineage: pd.DataFrame = field(default_factory=pd.DataFrame)  # PBT's exploits (store.lineage)
 
     @property
     def name(self) -> str:
@@ -53,8 +55,17 @@ class StudyData:
         """Config columns of the spec's search space that vary across trials (the variants,
         which change several keys at once, are the ``variant`` column instead)."""
         space = self.spec.get("space") or {}
-        keys = [CONFIG_PREFIX + k for k in space if CONFIG_PREFIX + k in self.trials]
+        # A PBT member's mutated keys too, with the values it started with.
+        mutations = (self.spec.get("scheduler") or {}).get("mutations") or {}
+        keys = [
+            CONFIG_PREFIX + k for k in {**space, **mutations} if CONFIG_PREFIX + k in self.trials
+        ]
         return [k for k in keys if self.trials[k].astype(str).nunique() > 1]
+
+    @property
+    def pbt(self) -> bool:
+        """Population-based training: a member's hyperparameters change as it trains."""
+        return (self.spec.get("scheduler") or {}).get("name") == "pbt"
 
     def has_variants(self) -> bool:
         return bool(self.spec.get("variants")) and "variant" in self.trials
@@ -113,4 +124,4 @@ def read_study(where: Path | str | Location, reader: EpochReader | None = None) 
         )
     as_timestamps(trials, STARTED_AT)
     test = read_optional_table(directory / TEST_FILE)
-    return StudyData(directory, meta, spec, epochs, trials, test)
+    return StudyData(directory, meta, spec, epochs, trials, test, read_lineage(directory))

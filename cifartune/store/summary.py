@@ -64,8 +64,9 @@ def summarize_epochs(
         reason = "error"
     elif diverged:
         reason = "diverged"
-    elif state == "TERMINATED":
-        reason = "completed" if run >= planned else "early-stopped"
+    elif state in ("TERMINATED", "STOPPED"):  # STOPPED: by the study's budget
+        stopped_early = "early-stopped" if state == "TERMINATED" else "budget"
+        reason = "completed" if run >= planned else stopped_early
     else:
         reason = state.lower()
     summary["stop_reason"] = reason

@@ -27,6 +27,8 @@ from cifartune.store.layout import TRIALS_DIR, TRIALS_FILE, WITHDRAWN_DIR
 from cifartune.store.tables import concat_frames, read_arrow, read_table, write_rows
 
 SEQ = "seq"
+# The states of a trial that has ended: Ray's own, and STOPPED (ended by the study's budget).
+FINAL_STATES = ("TERMINATED", "ERROR", "STOPPED")
 
 
 def trial_states_dir(directory: Location, trial_id: str) -> Location:
@@ -71,3 +73,16 @@ def convert_legacy(directory: Location) -> int:
         write_trial_row(directory, row, 1)
     legacy.move_to(directory / WITHDRAWN_DIR / "legacy" / TRIALS_FILE)
     return len(rows)
+
+
+def stop_unfinished(directory: Location) -> list[str]:
+    """End as stopped by the study's budget each trial that had not ended (a budget spent
+    while the study was interrupted): a new row each, STOPPED. Return their ids."""
+    rows = read_trial_rows(directory)
+    if rows.empty:
+        return []
+    unfinished = rows[~rows["state"].isin(FINAL_STATES)]
+    for row in unfinished.to_dict("records"):
+        stopped = {**row, "state": "STOPPED", "stop_reason": "budget"}
+        write_trial_row(directory, stopped, int(row.get(SEQ) or 0) + 1)
+    return list(unfinished["trial_id"])

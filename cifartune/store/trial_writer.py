@@ -31,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+from cifartune.config.base import flatten
 from cifartune.storage import Location
 from cifartune.store.checkpoints import better, discard_trial_files, load_state, save_state
 from cifartune.store.columns import epoch_records
@@ -44,8 +45,15 @@ from cifartune.store.epochs import (
     writer_token,
 )
 from cifartune.store.layout import BEST, LATEST, checkpoint_dir
+from cifartune.store.lineage import trial_exploits, write_exploit
 
 log = logging.getLogger(__name__)
+KEPT_PREFIX = "epoch-"
+
+
+def kept_checkpoint(epoch: int) -> str:
+    """The name of a trial's checkpoint kept for other trials to take (see TrialWriter)."""
+    return f"{KEPT_PREFIX}{epoch:05d}.pt"
 
 
 class TrialWriter:
@@ -55,8 +63,10 @@ class TrialWriter:
     (Ray can hand a trial id that a lost snapshot never saw to a new configuration) is not
     resumed from but discarded. `stops_at` holds the epochs after which the scheduler may end
     the trial early; checkpoints of the other epochs are written in the background (see the
-    module docstring); None: any epoch, so all are written before `record` returns. Use the
-    writer as a context manager around the training: leaving it waits for the last write.
+    module docstring); None: any epoch, so all are written before `record` returns. `keep`
+    holds the epochs whose checkpoint other trials may take (population-based training's
+    perturbation epochs): one is written there and kept under its epoch, the two newest. Use
+    the writer as a context manager around the training: leaving it waits for the last write.
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class TrialWriter:
         every: int,
         extras: Mapping[str, Any],
         stops_at: Collection[int] | None = None,
+        keep: Collection[int] = (),
     ):
         self.directory, self.trial_id = directory, trial_id
         self.sample = dict(sample)
@@ -83,6 +94,7 @@ class TrialWriter:
         self.best: float | None = None
         self.ran: dict[int, dict[str, Any]] = {}  # epoch -> pid, node and end time
         self.stops_at = None if stops_at is None else frozenset(stops_at)
+        self.keep = frozenset(keep)
         self.just_resumed = False  # resumed, and no epoch recorded since
         self._background: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
@@ -143,7 +155,7 @@ class TrialWriter:
         if improved:
             self.best = float(metrics[self.metric])
         last = epoch == self.flat["epochs"] or bool(metrics.get("diverged"))
-        due = last or epoch % self.every == 0
+        due = last or epoch % self.every == 0 or epoch in self.keep
         # Where and when the epoch ran: kept in the checkpoint too, so a row rebuilt from it
         # (see resume) is the row this process would have written.
         self.ran[epoch] = {**self.extras, "time/ended_at": time.time()}
@@ -186,10 +198,57 @@ class TrialWriter:
             save_state(best or full, self.folder / LATEST)
             if best is not None:
                 (self.folder / LATEST).link_to(self.folder / BEST)
+            if int(full["epoch"]) in self.keep:
+                self._keep(int(full["epoch"]))
         elif best is not None:
             keep = ("epoch", "metric", "model", "sample", "precision")
             save_state({k: best[k] for k in keep if k in best}, self.folder / BEST)
         self._write_row(row)
+
+    def _keep(self, epoch: int) -> None:
+        """latest.pt, also as the checkpoint of `epoch` (a link: no bytes written again), for
+        another trial to take; older kept ones than the two newest go (no trial takes them)."""
+        (self.folder / LATEST).link_to(self.folder / kept_checkpoint(epoch))
+        kept = sorted((f for f in self.folder.files(".pt") if f.name.startswith(KEPT_PREFIX)),
+                      key=lambda f: f.name)  # fmt: skip
+        for old in kept[:-2]:
+            old.unlink()
+
+    def exploit(self, donor: str, epoch: int) -> dict[str, Any]:
+        """Take `donor`'s weights and optimizer state at `epoch` (its kept checkpoint) and go on
+        with this writer's config (population-based training's exploit). Saved as this trial's
+        latest checkpoint first, then recorded in its lineage: a kill between the two takes the
+        state again, one after it resumes from it. The state keeps the donor's config, so that
+        the engine sees what changed; its history and best value stay this trial's own. Returns
+        the state to resume from."""
+        taken = load_state(checkpoint_dir(self.directory, donor) / kept_checkpoint(epoch))
+        latest = self.folder / LATEST
+        own = load_state(latest) if latest.is_file() else {"history": [], "ran": {}}
+        withdraw(
+            [f for e, f in epoch_files(self.epochs).items() if e > epoch],
+            withdrawn_dir(self.directory, self.trial_id),
+        )
+        state = {
+            **taken,
+            "history": [m for m in own["history"] if m["epoch"] <= epoch],
+            "ran": own.get("ran", {}),
+            "sample": self.sample,
+            "best_metric": own.get("best_metric"),
+        }
+        save_state(state, latest)
+        before = flatten(own["config"]) if "config" in own else {}
+        write_exploit(self.directory, self.keys, epoch=epoch, donor=donor, old=before,
+                      new=self.flat, writer=self.writer, at=time.time())  # fmt: skip
+        self.ran = {int(e): dict(r) for e, r in state["ran"].items()}
+        self.best = state["best_metric"]
+        self.just_resumed = True
+        return state
+
+    def exploited(self, donor: str, epoch: int) -> bool:
+        """Whether this trial's last exploit took `donor`'s state at `epoch` (already done)."""
+        exploits = trial_exploits(self.directory, self.trial_id)
+        last = exploits[-1] if exploits else {}
+        return (last.get("donor_trial_id"), last.get("epoch")) == (donor, epoch)
 
     def _finish_pending(self) -> None:
         """Wait for the epoch's files in flight, raising their write's error (a full disk)."""

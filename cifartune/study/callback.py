@@ -52,6 +52,7 @@ class StudyCallback(tune.Callback):
             spec.mode,
             resources.cpus,
             resources.gpus,
+            group_by_trial=spec.spec.scheduler.name == "pbt",
         )
         self.mirror = self._open_mirror()
         self._changed = {}

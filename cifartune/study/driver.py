@@ -10,16 +10,17 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
 
 from cifartune.config.resolved import ResolvedSpec
 from cifartune.config.spec import StudySpec
-from cifartune.engine.data import describe_source, load_arrays
+from cifartune.engine.data import CifarArrays, describe_source, load_arrays
 from cifartune.errors import ConfigError
 from cifartune.storage import Location
+from cifartune.store.budget import read_reached
 from cifartune.store.checkpoints import (
     discard_trial_files,
     read_failure,
@@ -37,6 +38,7 @@ from cifartune.store.layout import (
 from cifartune.store.metadata import StudyMetadata, describe_driver, now
 from cifartune.store.study_data import read_study
 from cifartune.store.tables import atomic_write_text, write_table
+from cifartune.store.trial_states import FINAL_STATES, stop_unfinished
 from cifartune.store.trial_states import convert_legacy as convert_legacy_trials
 from cifartune.study.claim import check_writable, claim
 from cifartune.study.cluster import check_trials_fit
@@ -50,6 +52,11 @@ from cifartune.study.runtime import (
 from cifartune.study.scoring import score_best_on_test
 from cifartune.study.signals import stop_deadline
 from cifartune.study.supervise import end_own_session, user_pid
+
+if TYPE_CHECKING:  # Ray is imported where a study runs: the command a user starts stays light
+    from ray import tune
+    from ray.tune import Stopper
+    from ray.tune.schedulers import TrialScheduler
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +155,6 @@ def run_study(
 def _run_locked(
     resolved: ResolvedSpec, directory: Location, metadata: StudyMetadata, options: RunOptions
 ) -> StudyOutcome:
-    from ray import tune
-
-    from cifartune.study.callback import StudyCallback
-    from cifartune.study.search import scheduler, search_algorithm, search_space
-    from cifartune.study.trainable import train_trial
-
     spec = resolved.spec
     previous = claim(directory, resolved, options.resume)
     ended = previous.get("state") if previous is not None else None
@@ -174,6 +175,7 @@ def _run_locked(
         pid=user_pid(),  # the command the user started, the one to signal
         driver_pid=os.getpid(),  # the process running the study (its supervised child)
         resumed=[*metadata.data.get("resumed", []), now()] if previous else [],
+        runs=[*metadata.data.get("runs", []), {"started": now()}],  # what a wall budget counts
         address=options.address,
         optuna_storage=options.optuna_storage or metadata.data.get("optuna_storage"),
     )
@@ -183,11 +185,72 @@ def _run_locked(
     atomic_write_text(
         directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
+    from cifartune.study.budget import BudgetScheduler, budgeted
+    from cifartune.study.search import scheduler as study_scheduler
+
     # The data first: an unreadable file fails here in a second, not after a Ray start.
     arrays = load_arrays(resolved.base.data)
-    init_ray(options.address, options.verbose)
-    check_results_shared(directory)
-    check_trials_fit(spec.resources.cpus, spec.resources.gpus)
+    scheduler, stopper = budgeted(study_scheduler(resolved), resolved, directory)
+    if isinstance(scheduler, BudgetScheduler) and scheduler.guard.exhausted():
+        # Spent before this driver started (a limit reached as its predecessor stopped):
+        # nothing trains; what was running ends as stopped by the budget.
+        stop_unfinished(directory)
+    else:
+        init_ray(options.address, options.verbose)
+        check_results_shared(directory)
+        check_trials_fit(spec.resources.cpus, spec.resources.gpus)
+        optuna_storage = metadata.data["optuna_storage"]
+        tuner = _tuner(
+            resolved, directory, arrays, previous, options, scheduler, stopper, optuna_storage
+        )
+        tuner.fit()
+    trials = _read_trials(directory)
+    budget_spent = read_reached(directory) if spec.budget is not None else None
+    finished = not trials.empty and trials["state"].isin(FINAL_STATES).all()
+    finished = finished and (len(trials) >= resolved.trials or budget_spent is not None)
+    test = pd.DataFrame()
+    error = most_common_error(trials) if finished else None
+    if error is not None:
+        state = "failed"
+    elif finished:
+        state = "completed"
+        test = score_best_on_test(resolved, arrays, trials, directory)
+        if not test.empty:
+            write_table(test, directory / TEST_FILE)
+    else:
+        state = "interrupted"
+    metadata.stop_heartbeat()
+    metadata.write(
+        state=state,
+        finished=now(),
+        error=error,
+        stop_reason=budget_spent if state == "completed" else None,
+        effective=effective_summary(trials),
+    )
+    return StudyOutcome(directory, state, trials, test, error=error)
+
+
+def _tuner(
+    resolved: ResolvedSpec,
+    directory: Location,
+    arrays: CifarArrays,
+    previous: dict[str, Any] | None,
+    options: RunOptions,
+    scheduler: TrialScheduler,
+    stopper: Stopper | None,
+    optuna_storage: str | None,
+) -> tune.Tuner:
+    """A new Tuner for the study, or Ray's own, restored from the results directory (with the
+    spec's budget as resumed: Ray restores the scheduler and stopper it pickled, and offers no
+    way to give others, so they are set on the restored Tuner's configs)."""
+    from ray import tune
+
+    from cifartune.study.budget import BudgetScheduler, budgeted
+    from cifartune.study.callback import StudyCallback
+    from cifartune.study.search import search_algorithm, search_space
+    from cifartune.study.trainable import train_trial
+
+    spec = resolved.spec
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, arrays=arrays, spec=resolved, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
@@ -206,50 +269,40 @@ def _run_locked(
             resume_errored=False,
             restart_errored=options.restart_errored,
         )
-    else:
-        # Killed before Ray's first snapshot: no trial can be resumed under its id.
-        set_aside_orphans(directory, set())
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=spec.metric,
-                mode=resolved.mode,
-                search_alg=search_algorithm(resolved),
-                scheduler=scheduler(resolved),
-                num_samples=spec.search.samples,
-                # One trial process per slot for the whole study: imports, the data from the
-                # object store and its device copy are paid once per process, not per trial
-                # (everything a trial sets, seeds and threads included, is set anew by fit).
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=RAY_DIR,
-                storage_path=storage_path,
-                storage_filesystem=ray_filesystem,
-                callbacks=[StudyCallback(directory, resolved, metadata.data["optuna_storage"])],
-                failure_config=tune.FailureConfig(max_failures=spec.retries),
-                verbose=0,
-            ),
-        )
-    tuner.fit()
-    trials = _read_trials(directory)
-    finished = not trials.empty and trials["state"].isin(["TERMINATED", "ERROR"]).all()
-    finished = finished and len(trials) >= resolved.trials
-    test = pd.DataFrame()
-    error = most_common_error(trials) if finished else None
-    if error is not None:
-        state = "failed"
-    elif finished:
-        state = "completed"
-        test = score_best_on_test(resolved, arrays, trials, directory)
-        if not test.empty:
-            write_table(test, directory / TEST_FILE)
-    else:
-        state = "interrupted"
-    metadata.stop_heartbeat()
-    metadata.write(state=state, finished=now(), error=error, effective=effective_summary(trials))
-    return StudyOutcome(directory, state, trials, test, error=error)
+        restored = tuner._local_tuner
+        if restored is not None:
+            pickled = restored._tune_config.scheduler or scheduler
+            inner = pickled.inner if isinstance(pickled, BudgetScheduler) else pickled
+            restored._tune_config.scheduler, restored._run_config.stop = budgeted(
+                inner, resolved, directory
+            )
+        return tuner
+    # Killed before Ray's first snapshot: no trial can be resumed under its id.
+    set_aside_orphans(directory, set())
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=resolved.mode,
+            search_alg=search_algorithm(resolved, directory),
+            scheduler=scheduler,
+            num_samples=spec.search.samples,
+            # One trial process per slot for the whole study: imports, the data from the
+            # object store and its device copy are paid once per process, not per trial
+            # (everything a trial sets, seeds and threads included, is set anew by fit).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=RAY_DIR,
+            storage_path=storage_path,
+            storage_filesystem=ray_filesystem,
+            callbacks=[StudyCallback(directory, resolved, optuna_storage)],
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            stop=stopper,
+            verbose=0,
+        ),
+    )
 
 
 def effective_summary(trials: pd.DataFrame) -> dict[str, list[Any]]:

@@ -69,7 +69,8 @@ def optuna_state_of(
 class EpochOptunaSearch(OptunaSearch):
     """``OptunaSearch`` with intermediate values by epoch and trials ended by
     :func:`optuna_state_of`. Ray's constructor arguments, plus ``max_epochs`` (the epoch a trial
-    that runs to its end reaches) and ``history`` (see the module docstring).
+    that runs to its end reaches, unless the space samples ``epochs``) and ``history`` (see the
+    module docstring).
 
     ``save``/``restore`` are Ray's: the whole ``__dict__`` (these two included) is pickled and a
     restore replaces it, so ``history`` must pickle (a module-level function or a
@@ -153,7 +154,8 @@ class EpochOptunaSearch(OptunaSearch):
         state, value = optuna_state_of(
             values,
             last_epoch=max([int(result.get("epoch", 0)), *values]),
-            max_epochs=self._max_epochs,
+            # A trial's own epochs where the space samples them.
+            max_epochs=int(ot_trial.params.get("epochs", self._max_epochs)),
             diverged=bool(result.get("diverged")),
             error=error,
             mode=str(self._mode),

@@ -10,7 +10,7 @@ the files lack, and withdraws (into ``withdrawn/``) rows the checkpoint does not
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cifartune.config.base import flatten
@@ -19,7 +19,7 @@ from cifartune.config.trial import EFFECTIVE_KEY, TrialConfig
 from cifartune.engine.data import load_arrays
 from cifartune.engine.device import resolve_device
 from cifartune.engine.effective import effective_settings
-from cifartune.engine.loop import CpuClock, FitResult, fit
+from cifartune.engine.loop import CpuClock, FitResult, config_in_force, fit
 from cifartune.engine.run import Metrics, StateThunk
 from cifartune.engine.splits import to_device
 from cifartune.errors import ConfigError
@@ -31,6 +31,8 @@ from cifartune.store.layout import EPOCHS_DIR, WITHDRAWN_DIR
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
+# What a replayed run (``train --replay``) replays: the study's results and trial, for --resume.
+REPLAY_FILE = "replay.yaml"
 
 
 def train_local(
@@ -40,8 +42,11 @@ def train_local(
     resume: bool = False,
     on_epoch: Callable[[Metrics], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    schedule: Mapping[int, TrialConfig] | None = None,
 ) -> FitResult:
-    """Train `config`, writing metrics and a checkpoint into `out` after every epoch."""
+    """Train `config`, writing metrics and a checkpoint into `out` after every epoch; `schedule`
+    changes its hyperparameters from the epochs it names on (:func:`~cifartune.engine.loop.fit`).
+    """
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_FILE
     state = None
@@ -63,10 +68,12 @@ def train_local(
     ran = effective_settings(config, data)
     effective = effective_columns(ran)
     dump_yaml(config, out / CONFIG_FILE, extra={EFFECTIVE_KEY: ran})
-    flat = flatten(config)
+    flat_config = flatten(config)
     epochs, writer = Location.of(out / EPOCHS_DIR), writer_token()
 
     def write_row(metrics: Metrics) -> None:
+        epoch = int(metrics["epoch"])
+        flat = flatten(config_in_force(config, schedule, epoch)) if schedule else flat_config
         (row,) = epoch_records([metrics], flat, **effective)
         write_epoch(row, epoch_path(epochs, int(row["epoch"]), writer))
 
@@ -86,4 +93,4 @@ def train_local(
         if on_epoch is not None:
             on_epoch(metrics)
 
-    return fit(config, data, report=report, resume=state, progress=progress)
+    return fit(config, data, report=report, resume=state, progress=progress, schedule=schedule)

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from cifartune.storage import Location
+from cifartune.store.budget import read_reached
 from cifartune.store.checkpoints import finished_trials, read_failure, record_finished
 from cifartune.store.columns import (
     CONFIG_PREFIX,
@@ -74,12 +75,14 @@ class StudyRecorder:
         gpus: float,
         *,
         clock: Callable[[], float] = time.monotonic,
+        group_by_trial: bool = False,
     ):
         self.directory = directory = Location.of(directory)
         self.resolve = resolve  # sample -> flat trial config (dict)
         self.metric, self.mode = metric, mode
         self.cpus, self.gpus = cpus, gpus
         self.clock = clock
+        self.group_by_trial = group_by_trial  # PBT: a trial's configuration changes
         self._rows: dict[str, dict[str, Any]] = {}
         self._ray_states: dict[str, str] = {}  # as last seen: a trial is redone when it changes
         self._flat: dict[str, dict[str, Any]] = {}
@@ -90,6 +93,7 @@ class StudyRecorder:
         # Each trial's last written row's state key, and that row's sequence number.
         self._written: dict[str, tuple[tuple[Any, ...], int]] = {}
         self._scanned_at = -float("inf")
+        self._spent = False  # budget.json seen
         self.reads = 0  # epoch files read, for the tests and the overhead benchmark
         self.writes = 0  # trial rows written
         # Ray marks trials it stops at an interrupt TERMINATED too; only trials it reported as
@@ -136,6 +140,9 @@ class StudyRecorder:
         self._started[trial_id] = time.time()
 
     def record_complete(self, trial_id: str) -> None:
+        """Ray reported the trial complete: finished, unless the budget stopped it."""
+        if self._budget_spent():
+            return
         self._finished.add(trial_id)
         record_finished(self.directory, trial_id)
 
@@ -184,10 +191,19 @@ class StudyRecorder:
             return event.ray_state
         # A trial that returned without a result because it cannot run (a config or data
         # error, recorded by the trial itself) failed for good; a TERMINATED trial Ray did not
-        # report complete was stopped by an interrupt.
+        # report complete was stopped by the study's budget, if it is spent, else by an
+        # interrupt.
         if read_failure(self.directory, event.trial_id):
             return "ERROR"
-        return "TERMINATED" if event.trial_id in self._finished else "INTERRUPTED"
+        if event.trial_id in self._finished:
+            return "TERMINATED"
+        return "STOPPED" if self._budget_spent() else "INTERRUPTED"
+
+    def _budget_spent(self) -> bool:
+        """Whether budget.json says a limit was reached (it never goes away once written)."""
+        if not self._spent:
+            self._spent = read_reached(self.directory) is not None
+        return self._spent
 
     def _trial_row(self, event: TrialEvent, state: str) -> dict[str, Any]:
         trial_id = event.trial_id
@@ -199,7 +215,13 @@ class StudyRecorder:
             error = read_failure(self.directory, trial_id) or event.error()
         started = self._started.get(trial_id)
         row: dict[str, Any] = {
-            **trial_keys(trial_id, flat, event.sample, study=self.directory.name),
+            **trial_keys(
+                trial_id,
+                flat,
+                event.sample,
+                study=self.directory.name,
+                group=trial_id if self.group_by_trial else None,
+            ),
             "state": state,
             "error": error,
             "retries": self._retries.get(trial_id, 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ray import tune
@@ -12,16 +13,19 @@ from ray.tune.search import (
     SearchAlgorithm,
     Searcher,
 )
-from ray.tune.search.optuna import OptunaSearch
 
-from cifartune.config.distributions import CategoricalDistribution, FloatDistribution
 from cifartune.config.resolved import ResolvedSpec
 from cifartune.config.spec import SEED_KEY, VARIANT_KEY, StudySpec
+from cifartune.storage import Location
+from cifartune.store.epochs import metric_by_epoch
+from cifartune.study.epoch_search import EpochOptunaSearch
+from cifartune.study.pbt import EpochPBT, ray_domain
 
 
 def search_space(spec: StudySpec) -> dict[str, Any]:
     """The Ray ``param_space``: lists become grid axes (categorical choices under Optuna, which
-    cannot take ``grid_search``), distributions their Tune namesakes, repeats a seed grid."""
+    cannot take ``grid_search``), distributions their Tune namesakes, repeats a seed grid, and
+    PBT's mutations a first value drawn for each member of the population."""
     optuna = spec.search.algorithm == "optuna"
 
     def axis(values: list[Any]) -> Any:
@@ -31,27 +35,31 @@ def search_space(spec: StudySpec) -> dict[str, Any]:
     if spec.variants:
         space[VARIANT_KEY] = axis(list(spec.variants))
     for key, dim in spec.space.items():
-        if isinstance(dim, list):
-            space[key] = axis(dim)
-        elif isinstance(dim, CategoricalDistribution):
-            space[key] = tune.choice(dim.choices)
-        elif isinstance(dim, FloatDistribution):
-            space[key] = (tune.loguniform if dim.log else tune.uniform)(dim.low, dim.high)
-        else:  # Tune's integer ranges exclude `high`; Optuna's (and ours) include it
-            space[key] = (tune.lograndint if dim.log else tune.randint)(dim.low, dim.high + 1)
+        space[key] = axis(dim) if isinstance(dim, list) else ray_domain(dim)
+    if spec.scheduler.name == "pbt":
+        space.update({key: ray_domain(dim) for key, dim in spec.scheduler.mutations.items()})
     if spec.repeats > 1:
         base_seed = int(spec.base.get(SEED_KEY, 0))
         space[SEED_KEY] = tune.grid_search([base_seed + i for i in range(spec.repeats)])
     return space
 
 
-def search_algorithm(resolved: ResolvedSpec) -> SearchAlgorithm | Searcher:
+def search_algorithm(resolved: ResolvedSpec, directory: Location) -> SearchAlgorithm | Searcher:
     """The searcher, with ``resources.max_concurrent`` applied to it: Ray ignores the Tuner's
-    ``max_concurrent_trials`` for a variant generator built by hand, so it is given here."""
+    ``max_concurrent_trials`` for a variant generator built by hand, so it is given here. Optuna
+    is told each epoch's value and each trial's end the way the study reads them
+    (:mod:`.epoch_search`), from the results in `directory` where it missed them."""
     spec = resolved.spec
-    limit = spec.resources.max_concurrent or 0
+    # Under PBT the scheduler applies the limit to running trials (see EpochPBT).
+    limit = 0 if spec.scheduler.name == "pbt" else spec.resources.max_concurrent or 0
     if spec.search.algorithm == "optuna":
-        searcher = OptunaSearch(metric=spec.metric, mode=resolved.mode, seed=spec.search.seed)
+        searcher = EpochOptunaSearch(
+            metric=spec.metric,
+            mode=resolved.mode,
+            seed=spec.search.seed,
+            max_epochs=resolved.base.epochs,
+            history=functools.partial(metric_by_epoch, directory.uri, spec.metric),
+        )
         return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
     # constant_grid_search: one random draw per sample, shared by every grid point of it, so
     # the seeds of a repeated configuration really repeat it (Ray's default draws anew for each
@@ -65,6 +73,8 @@ def search_algorithm(resolved: ResolvedSpec) -> SearchAlgorithm | Searcher:
 
 def scheduler(resolved: ResolvedSpec) -> TrialScheduler:
     sched = resolved.spec.scheduler
+    if sched.name == "pbt":
+        return EpochPBT(resolved)
     if sched.name == "asha":
         # Our epoch, not Ray's training_iteration: a trial resumed from our own checkpoint
         # starts a new Ray iteration count, but its epochs go on.

@@ -50,7 +50,7 @@ def prepare_job(
 ) -> JobRequest:
     """Check the spec here (a bad spec fails on the laptop, not on the cluster) and build the
     job: `cifartune run` on the spec's path inside the uploaded working directory."""
-    from cifartune.config.spec import load_spec
+    from cifartune.config.validation import load_spec
 
     spec = load_spec(spec_path, list(overrides))
     root = working_dir.expanduser().resolve()

@@ -27,6 +27,7 @@ from cifartune.storage import Location
 from cifartune.store.checkpoints import record_failure
 from cifartune.store.columns import effective_columns, trial_keys
 from cifartune.store.trial_writer import TrialWriter
+from cifartune.study.pbt import pointed, pointer
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +47,35 @@ def train_trial(
     """The Ray trainable: one trial of `spec` on the shared `arrays`.
 
     It resumes from its own latest checkpoint in the results directory (a retry after a crash,
-    or a resumed study), writes its checkpoints and epoch rows there, and reports each epoch to
-    Ray for the scheduler and searcher. A config or data error (no retry can fix it) ends the
-    trial at once: it is recorded in the trial's files and the trial returns, so Ray does not
-    retry it; the driver reads it back as the trial's error.
+    or a resumed study), or, under PBT, from the state of the trial Ray's checkpoint points to
+    (an exploit: see :mod:`.pbt`); writes its checkpoints and epoch rows there, and reports each
+    epoch to Ray for the scheduler and searcher. A config or data error (no retry can fix it)
+    ends the trial at once: it is recorded in the trial's files and the trial returns, so Ray
+    does not retry it; the driver reads it back as the trial's error.
     """
     trial_id = tune.get_context().get_trial_id()
     location = Location.of(directory)
+    pbt = spec.spec.scheduler.name == "pbt"
+    # PBT's perturbation epochs: a checkpoint there is kept for other trials, and pointed to.
+    perturbations = spec.perturbation_epochs
     reported = False
     try:
         config = spec.trial_config(sample)
         flat = flatten(config)
         data = device_data(arrays, config)
+        # A PBT trial's hyperparameters change: it is its own group (configuration).
+        group = trial_id if pbt else None
         writer = TrialWriter(
             location,
             trial_id,
             sample=sample,
             flat_config=flat,
-            keys=trial_keys(trial_id, flat, sample, study=spec.name),
+            keys=trial_keys(trial_id, flat, sample, study=spec.name, group=group),
             metric=spec.metric,
             mode=spec.mode,
             every=spec.spec.checkpoint.every,
             stops_at=spec.scheduler_stops,
+            keep=perturbations,
             extras={
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(),
@@ -80,11 +88,23 @@ def train_trial(
             nonlocal reported
             cpu.measure(metrics)
             writer.record(metrics, state)
-            tune.report(_ray_safe(metrics, spec.metric, spec.mode))
+            epoch = int(metrics["epoch"])
+            safe = _ray_safe(metrics, spec.metric, spec.mode)
+            if epoch in perturbations:
+                with pointer(trial_id, epoch) as checkpoint:
+                    tune.report(safe, checkpoint=checkpoint)
+            else:
+                tune.report(safe)
             reported = True
 
+        donor = pointed(tune.get_checkpoint()) if pbt else None
         with writer:
-            result = fit(config, data, report=report, resume=writer.resume())
+            start: dict[str, Any] | None
+            if donor is not None and donor[0] != trial_id and not writer.exploited(*donor):
+                start = writer.exploit(*donor)
+            else:
+                start = writer.resume()
+            result = fit(config, data, report=report, resume=start)
     except CifartuneError as exc:
         log.error("trial %s cannot run: %s", trial_id, exc)
         record_failure(location, trial_id, f"{type(exc).__name__}: {exc}")

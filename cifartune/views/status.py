@@ -14,10 +14,13 @@ from typing import Any
 
 import pandas as pd
 
+from cifartune.config.sections import BudgetSpec
 from cifartune.errors import CifartuneError
+from cifartune.store.budget import budget_use, left
 from cifartune.store.epochs import EpochReader
 from cifartune.store.study_data import StudyData, read_study
 from cifartune.store.tables import seconds_between
+from cifartune.store.trial_states import FINAL_STATES
 
 log = logging.getLogger(__name__)
 BAR_WIDTH = 30
@@ -33,12 +36,35 @@ def best_trial(study: StudyData) -> pd.Series | None:
     return scored.loc[values.idxmax() if study.mode == "max" else values.idxmin()]
 
 
+def best_line(study: StudyData) -> str:
+    """'best so far: ...' with the searched values in force at the best epoch (under PBT they
+    are not the trial's first ones); empty before any result."""
+    best = best_trial(study)
+    if best is None:
+        return ""
+    epochs = study.epochs
+    rows = epochs[
+        (epochs["trial_id"] == best["trial_id"]) & (epochs["epoch"] == best["best_epoch"])
+    ]
+    at_best = rows.iloc[0] if len(rows) else best
+    factors = " ".join(
+        f"{k.removeprefix('config/')}={_short(at_best.get(k, best[k]))}"
+        for k in study.factor_keys()
+    )
+    if study.has_variants():
+        factors = f"variant={best['variant']} {factors}"
+    return (
+        f"best so far: {study.metric} {best['best_metric']:.3f} (trial {best['trial_id']}, "
+        f"epoch {int(best['best_epoch'])}) {factors}".rstrip()
+    )
+
+
 def _planned(study: StudyData) -> tuple[int, int, bool]:
     """Trials the spec runs, epochs a new trial runs, and whether ASHA may stop trials early
     (then the epochs left are a worst case). Falls back to the trial table alone when the spec
     no longer builds (a study made by an older cifartune)."""
     from cifartune.config.resolved import resolve
-    from cifartune.config.spec import build_spec
+    from cifartune.config.validation import build_spec
 
     trials = study.trials
     epochs = int(trials["max_epochs"].max()) if len(trials) else 0
@@ -69,6 +95,33 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
 
 
+def budget_lines(study: StudyData, now: dt.datetime, *, live: bool) -> list[str]:
+    """The study's stop reason where its budget ended it, and while it may still run, what it
+    spent of each limit and what is left (a running driver's time counted up to `now`)."""
+    lines = []
+    if study.meta.get("stop_reason"):
+        lines.append(f"stopped: {study.meta['stop_reason']}")
+    if not study.spec.get("budget") or study.meta.get("state") == "completed":
+        return lines
+    try:
+        budget = BudgetSpec.model_validate(study.spec["budget"])
+    except ValueError as exc:
+        log.debug("spec.yaml's budget does not validate (%s)", exc)
+        return lines
+    runs = [dict(run) for run in study.meta.get("runs", [])]
+    if live and runs:
+        runs[-1]["until"] = now.isoformat()
+    resources = study.spec.get("resources") or {}
+    use = budget_use(
+        budget,
+        runs,
+        study.epochs.to_dict("records"),
+        cpus=float(resources.get("cpus", 1)),
+        gpus=float(resources.get("gpus", 0)),
+    )
+    return [*lines, "budget: " + "; ".join(left(budget, use))]
+
+
 def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
     """The terminal view of a study at time `now` (aware UTC): trials by state, epochs done and
     planned, best so far, running trials, and while `live` (a driver runs it) an ETA. Pure: the
@@ -84,6 +137,7 @@ def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
         lines[0] += (
             f"  started {started:%Y-%m-%d %H:%M} UTC, {_duration((end - started).total_seconds())}"
         )
+    lines += budget_lines(study, now, live=live)
     planned_trials, epochs_per_trial, asha = _planned(study)
     unseen = max(planned_trials - len(trials), 0)
     counts = trials["stop_reason"].value_counts()  # running/pending while not stopped
@@ -92,7 +146,7 @@ def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
         parts.append(f"{unseen} not started")
     lines.append(f"trials: {planned_trials} planned | " + ", ".join(parts or ["none yet"]))
 
-    finished = trials["state"].isin(["TERMINATED", "ERROR"])
+    finished = trials["state"].isin(FINAL_STATES)
     left_running = (trials["max_epochs"] - trials["epochs_run"]).clip(lower=0)[~finished].sum()
     left = int(left_running) + unseen * epochs_per_trial
     done = len(epochs)
@@ -103,17 +157,9 @@ def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
         f"  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done / total if total else 1:.0%}"
     )
 
-    best = best_trial(study)
-    if best is not None:
-        factors = " ".join(
-            f"{k.removeprefix('config/')}={_short(best[k])}" for k in study.factor_keys()
-        )
-        if study.has_variants():
-            factors = f"variant={best['variant']} {factors}"
-        lines.append(
-            f"best so far: {study.metric} {best['best_metric']:.3f} (trial {best['trial_id']}, "
-            f"epoch {int(best['best_epoch'])}) {factors}".rstrip()
-        )
+    best = best_line(study)
+    if best:
+        lines.append(best)
     running = trials[trials["state"] == "RUNNING"]
     if len(running):
         lines.append("running:")

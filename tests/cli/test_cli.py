@@ -82,6 +82,9 @@ def test_train_writes_metrics_config_and_checkpoint(tmp_path):
             "/nonexistent/cifar: not a directory",
         ),
         (["inspect", "--set", "model.dropout=2"], "model.dropout = 2"),
+        (["train", "--trial", "t_1"], "--trial: names a trial of --replay RESULTS"),
+        (["train", "--replay", "r", "--set", "epochs=2"], "drop --config and --set"),
+        (["train", "--replay", "/nonexistent/study"], "/nonexistent/study: no such directory"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_message_and_no_traceback(

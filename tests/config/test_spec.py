@@ -2,7 +2,8 @@ import pytest
 
 from cifartune.config.expand import expected_asha_epochs, grid_points
 from cifartune.config.resolved import plan, resolve
-from cifartune.config.spec import build_spec, load_spec, spec_hash, trial_config, trial_count
+from cifartune.config.spec import spec_hash, trial_config, trial_count
+from cifartune.config.validation import build_spec, load_spec
 from cifartune.errors import ConfigError
 
 BASE = {"name": "t", "base": {"epochs": 4}}
@@ -141,7 +142,7 @@ def test_overrides_reach_space_variants_and_base():
         ({"resources": {"gpus": -0.5}}, "resources.gpus = -0.5"),
         ({"resources": {"cpus": 0}}, "resources.cpus = 0"),
         ({"search": {"algorithm": "hyperopt"}}, "search.algorithm = 'hyperopt'"),
-        ({"scheduler": {"name": "pbt"}}, "scheduler.name = 'pbt'"),
+        ({"scheduler": {"name": "pbt"}}, "scheduler.mutations: PBT needs a key to explore"),
         (
             {"scheduler": {"name": "asha", "grace_period": 5}},
             "grace_period = 5: must be <= max epochs \\(4\\)",

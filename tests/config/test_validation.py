@@ -11,8 +11,8 @@ import pytest
 import cifartune.engine.data
 from cifartune.cli.main import main
 from cifartune.config.files import load_yaml_text, parse_override
-from cifartune.config.spec import build_spec
 from cifartune.config.trial import DataConfig, load_trial_config
+from cifartune.config.validation import build_spec
 from cifartune.engine.data import DataSource, describe_source, train_image_count
 from cifartune.errors import ConfigError, DataError
 

@@ -16,7 +16,8 @@ import yaml
 
 from cifartune.cli.main import main
 from cifartune.config.resolved import resolve
-from cifartune.config.spec import build_spec, trial_config
+from cifartune.config.spec import trial_config
+from cifartune.config.validation import build_spec
 from cifartune.engine.data import describe_source, load_arrays
 from cifartune.engine.splits import to_device
 from cifartune.errors import DataError

@@ -65,6 +65,36 @@ def test_optuna_asha_study_stops_trials_early(asha_study):
     assert len(epochs) < 8 * 6  # ASHA saved trial-epochs
 
 
+@pytest.mark.slow
+def test_the_searcher_and_the_optuna_mirror_agree_on_every_trial(asha_study):
+    # What TPE samples from (the searcher's own Optuna study, as Ray saved it at the end) and
+    # what the dashboard shows (the mirror) are one study: the same states, the same values,
+    # per-epoch values at their epoch.
+    import optuna
+
+    from cifartune.store.optuna_mirror import open_storage
+    from cifartune.study.epoch_search import EpochOptunaSearch
+
+    searcher = EpochOptunaSearch(metric="val/top1", mode="max", max_epochs=1)
+    searcher.restore_from_dir(str(asha_study / "ray"))
+    told = {
+        ray_id: searcher._ot_study.trials[trial.number]
+        for ray_id, trial in searcher._ot_trials.items()
+    }
+    mirrored = {
+        t.user_attrs["trial_id"]: t
+        for t in optuna.load_study(study_name="asha", storage=open_storage(asha_study)).trials
+    }
+    assert sorted(told) == sorted(mirrored) and len(told) == 8
+    states = set()
+    for trial_id, searched in told.items():
+        mirror = mirrored[trial_id]
+        assert (searched.state, searched.value) == (mirror.state, mirror.value), trial_id
+        assert searched.intermediate_values == mirror.intermediate_values, trial_id
+        states.add(searched.state)
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
+
+
 def test_dry_run_counts_and_starts_nothing(tmp_path):
     spec = write_spec(
         tmp_path,
@@ -167,7 +197,7 @@ def test_the_command_a_user_starts_imports_no_torch():
         "from cifartune.engine.data import describe_source\n"
         "from cifartune.store.layout import STUDY_FILE\n"
         "from cifartune.study.signals import stop_on_signals\n"
-        "from cifartune.config.spec import load_spec\n"
+        "from cifartune.config.validation import load_spec\n"
         "from cifartune.config.resolved import resolve\n"
         "from cifartune.study.driver import run_study, study_directory\n"
         "from cifartune.study.supervise import run_supervised\n"

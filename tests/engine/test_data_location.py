@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from cifartune.cli.main import main
-from cifartune.config.spec import build_spec, spec_hash
+from cifartune.config.spec import spec_hash
 from cifartune.config.trial import build_trial_config
+from cifartune.config.validation import build_spec
 from cifartune.engine.data import describe_source, load_arrays
 from cifartune.errors import DataError
 

@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from cifartune.config.spec import build_spec, trial_config
+from cifartune.config.spec import trial_config
+from cifartune.config.validation import build_spec
 from cifartune.engine.data import load_bundled
 from cifartune.engine.loop import fit
 from cifartune.engine.splits import device_data
@@ -26,7 +27,8 @@ TRIAL_A = {"optim.lr": 0.05, "seed": 7, "threads": 1, "model.dropout": 0.5, "mod
 TRIAL_B = {"optim.lr": 0.01}
 FRESH = """
 import json, sys
-from cifartune.config.spec import build_spec, trial_config
+from cifartune.config.spec import trial_config
+from cifartune.config.validation import build_spec
 from cifartune.engine.data import load_bundled
 from cifartune.engine.loop import fit
 from cifartune.engine.splits import device_data

@@ -12,7 +12,7 @@ import torch
 
 from cifartune.config.base import flatten
 from cifartune.config.resolved import resolve
-from cifartune.config.spec import build_spec
+from cifartune.config.validation import build_spec
 from cifartune.storage import Location
 from cifartune.store import trial_writer
 from cifartune.store.checkpoints import better, load_state, save_state

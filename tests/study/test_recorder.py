@@ -8,7 +8,8 @@ import pytest
 
 from cifartune.config.base import flatten
 from cifartune.config.resolved import resolve
-from cifartune.config.spec import build_spec, trial_config
+from cifartune.config.spec import trial_config
+from cifartune.config.validation import build_spec
 from cifartune.storage import Location
 from cifartune.store.checkpoints import record_failure
 from cifartune.store.columns import epoch_records, trial_keys

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from cifartune.config.resolved import resolve
-from cifartune.config.spec import build_spec
+from cifartune.config.validation import build_spec
 from cifartune.study.search import scheduler
 from cifartune.study.trainable import _ray_safe
 

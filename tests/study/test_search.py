@@ -8,12 +8,14 @@ from ray.tune.search.sample import Categorical, Float, Integer
 
 from cifartune.config.base import flatten
 from cifartune.config.resolved import resolve
-from cifartune.config.spec import build_spec, trial_config
+from cifartune.config.spec import trial_config
+from cifartune.config.validation import build_spec
 from cifartune.engine.model import build_model
 from cifartune.storage import Location
 from cifartune.store.checkpoints import save_state
 from cifartune.store.columns import trial_keys
 from cifartune.store.layout import BEST, checkpoint_dir
+from cifartune.study.epoch_search import EpochOptunaSearch
 from cifartune.study.scoring import score_best_on_test
 from cifartune.study.search import search_algorithm, search_space
 
@@ -59,14 +61,14 @@ def test_lists_are_grid_axes_except_under_optuna_and_repeats_are_a_seed_grid():
     assert "seed" not in optuna
 
 
-def test_max_concurrent_reaches_every_searcher():
+def test_max_concurrent_reaches_every_searcher(tmp_path):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     for algorithm in ("grid", "random"):
         spec = build_spec(
             {"name": "s", "search": {"algorithm": algorithm}, "resources": {"max_concurrent": 3}}
         )
-        generator = search_algorithm(resolve(spec))
+        generator = search_algorithm(resolve(spec), Location.of(tmp_path))
         assert isinstance(generator, BasicVariantGenerator) and generator.max_concurrent == 3
     optuna = build_spec(
         {
@@ -76,8 +78,9 @@ def test_max_concurrent_reaches_every_searcher():
             "resources": {"max_concurrent": 3},
         }
     )
-    limited = search_algorithm(resolve(optuna))
+    limited = search_algorithm(resolve(optuna), Location.of(tmp_path))
     assert isinstance(limited, ConcurrencyLimiter) and limited.max_concurrent == 3
+    assert isinstance(limited.searcher, EpochOptunaSearch)  # told by epoch, best value
 
 
 @pytest.mark.parametrize(

@@ -243,7 +243,8 @@ def fabricate_study(
 
     from cifartune.config.base import flatten
     from cifartune.config.resolved import resolve
-    from cifartune.config.spec import build_spec, spec_hash, trial_config
+    from cifartune.config.spec import spec_hash, trial_config
+    from cifartune.config.validation import build_spec
     from cifartune.storage import Location
     from cifartune.store.columns import epoch_records, trial_keys
     from cifartune.store.epochs import epoch_path, trial_epochs_dir, write_epoch

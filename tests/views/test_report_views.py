@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from cifartune.config.base import flatten
-from cifartune.config.spec import build_spec, load_spec, spec_hash, trial_config
+from cifartune.config.spec import spec_hash, trial_config
+from cifartune.config.validation import build_spec, load_spec
 from cifartune.errors import ConfigError
 from cifartune.store.study_data import read_study
 from cifartune.study.recorder import StudyRecorder, TrialEvent

@@ -17,6 +17,7 @@ from . import figures_cost, figures_curves, figures_optuna, figures_search
 from .document import Report, Section, Table, render_html, render_markdown
 from .findings import seed_section
 from .plotting import Plot
+from .population import population_section
 from .stats import INTERVAL_NOTE, OVERFIT_RULE, overfitting_table
 from .tables import (
     all_trials,
@@ -110,6 +111,10 @@ def study_sections(report: Report, study: StudyData, prefix: str) -> None:
     add(curves, "variant_accuracy", figures_curves.fig_variant_curves(study, "top1"))
     add(curves, "variant_loss", figures_curves.fig_variant_curves(study, "loss"))
     report.sections.append(curves)
+
+    population = population_section(study, add)
+    if population is not None:
+        report.sections.append(population)
 
     search = Section(f"Search — {study.name}")
     importances = (

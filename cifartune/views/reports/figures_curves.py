@@ -27,6 +27,7 @@ from .plotting import (
     splits_text,
     whole_epochs,
 )
+from .population import best_lineage
 
 # Line style of a trial by how it ended (colour is its configuration); a diverged trial also
 # gets a cross at its last finite value.
@@ -266,6 +267,17 @@ def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
     return Plot(fig, caption, [f"every trial's {metric} per epoch"])
 
 
+def _best_curves(study: StudyData) -> pd.DataFrame:
+    """The epoch rows of a study's best configuration, its seeds; of a PBT study, those of the
+    chain of members that trained its best final model, as one run."""
+    if study.pbt:
+        found = best_lineage(study)
+        if found is not None:
+            best, chain = found
+            return chain.assign(trial_id=best)
+    return study.epochs[study.epochs["group"] == best_groups(study, 1)[0]]
+
+
 def fig_compare(studies: Sequence[StudyData]) -> Plot | None:
     """Several studies side by side: validation curves of each study's best configuration."""
     drawn = [s for s in studies if best_groups(s, 1) and _multi_epoch(s)]
@@ -274,8 +286,7 @@ def fig_compare(studies: Sequence[StudyData]) -> Plot | None:
     fig, ax = plt.subplots(figsize=(9, 4))
     seeds = []
     for index, study in enumerate(drawn):
-        group = best_groups(study, 1)[0]
-        curves = study.epochs[study.epochs["group"] == group]
+        curves = _best_curves(study)
         seeds.append(_seeds(curves))
         draw_runs(ax, curves, "val/top1", color=f"C{index}", label=study.name)
     ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="best configuration of each study")
@@ -287,6 +298,10 @@ def fig_compare(studies: Sequence[StudyData]) -> Plot | None:
         [
             "Validation top-1 per epoch of each study's best configuration (by the study's own "
             f"selection metric): {', '.join(s.name for s in drawn)}",
+            "of a population-based training study, its best final model along its lineage (the "
+            "epochs of the members it descends from)"
+            if any(s.pbt for s in drawn)
+            else "",
             f"not drawn (no result over 2 or more epochs): {', '.join(left_out)}"
             if left_out
             else "",

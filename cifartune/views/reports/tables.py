@@ -54,9 +54,22 @@ def _search_text(spec: dict) -> str:
 
 
 def state_text(meta: dict) -> str:
-    """The study's state from study.json; a failed study's with its most common error."""
+    """The study's state from study.json: a failed study's with its most common error, one its
+    budget ended with the limit it reached."""
     state = str(meta.get("state", "unknown"))
-    return f"{state}: {meta['error']}" if state == "failed" and meta.get("error") else state
+    if state == "failed" and meta.get("error"):
+        return f"{state}: {meta['error']}"
+    if meta.get("stop_reason"):
+        return f"{state}, stopped by its budget: {meta['stop_reason']}"
+    return state
+
+
+def _data_text(data: dict) -> str:
+    """Where the trials read CIFAR-10 from, as far as the spec says (without data.dir, the
+    driver's $CIFARTUNE_DATA or cache, which the spec does not record)."""
+    if data.get("source") == "bundled":
+        return "bundled slice"
+    return str(data.get("dir") or "CIFAR-10 from $CIFARTUNE_DATA or the cache")
 
 
 def overview(study: StudyData) -> pd.DataFrame:
@@ -72,8 +85,7 @@ def overview(study: StudyData) -> pd.DataFrame:
         "selection metric": f"{study.metric} ({'higher' if study.mode == 'max' else 'lower'} "
         "is better)",
         "fidelity": fidelity(study),
-        "data": f"{data.get('dir') or 'bundled slice'}; validation "
-        f"{data.get('val_size') or '10%'} images",
+        "data": f"{_data_text(data)}; validation {data.get('val_size') or '10%'} images",
         "trials": _counts(trials),
         "compute": _compute(trials) if not trials.empty else "–",
         "what ran": effective_text(trials),
@@ -257,6 +269,15 @@ def asha_rung_table(study: StudyData, rungs: list[int]) -> pd.DataFrame:
     )
 
 
+def _best_label(study: StudyData, members: pd.DataFrame) -> str:
+    """The best configuration's name; a PBT member's is its schedule, not its first values."""
+    if members.empty:
+        return "–"
+    if study.pbt:
+        return f"the schedule of trial {members['trial_id'].iloc[0]} (population-based training)"
+    return config_label(members.iloc[0], study)
+
+
 def studies_side_by_side(studies: Sequence[StudyData]) -> pd.DataFrame:
     # Studies selected by different metrics share one column of "their best value", with the
     # metric beside it, rather than a column per metric that is blank for the others.
@@ -274,7 +295,7 @@ def studies_side_by_side(studies: Sequence[StudyData]) -> pd.DataFrame:
             "state": state_text(study.meta),
             "fidelity": fidelity(study),
             "trials": _counts(study.trials),
-            "best configuration": config_label(members.iloc[0], study) if len(members) else "–",
+            "best configuration": _best_label(study, members),
         }
         if one_metric:
             row[f"its best {study.metric}"] = best

@@ -1,0 +1,112 @@
+"""Population-based training on a real Ray study: killed mid-study and resumed, every trial's
+epochs are each written once, none restarts from scratch, its exploits are in the lineage with
+their donors' epochs, and `train --replay` trains the best trial's schedule again to the same
+numbers; the report draws the population."""
+
+import os
+import signal
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from cifartune.store.lineage import final_values, lineage_schedule, read_lineage
+from cifartune.store.optuna_mirror import open_storage
+from cifartune.store.study_data import read_study
+
+from ..support import (
+    TINY_BASE,
+    epochs_so_far,
+    run_cli,
+    run_epochs,
+    start_study,
+    wait_for,
+    write_spec,
+)
+
+pytestmark = pytest.mark.slow
+MUTATIONS = {
+    "optim.lr": {"type": "float", "low": 0.001, "high": 0.2, "log": True},
+    "model.dropout": [0.0, 0.1, 0.2, 0.3],
+}
+
+
+def _epoch_files(results):
+    return {p.name for p in (results / "epochs").rglob("*.parquet")}
+
+
+def indexed_epochs(study):
+    return study.epochs.set_index(["trial_id", "epoch"])
+
+
+def test_a_killed_pbt_study_resumes_its_population_and_replays_its_best_schedule(tmp_path):
+    spec = write_spec(
+        tmp_path, name="pbt", base={**TINY_BASE, "epochs": 6, "optim": {"name": "momentum"}},
+        search={"algorithm": "random", "samples": 4, "seed": 0},
+        scheduler={"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                   "mutations": MUTATIONS},
+        resources={"cpus": 1, "max_concurrent": 2},
+    )  # fmt: skip
+    results = tmp_path / "r" / "pbt"
+    driver = start_study(spec, tmp_path)
+    # Killed once the population has met at its first barrier and some trial took another's.
+    wait_for(lambda: (results / "lineage").is_dir() and len(epochs_so_far(results)) >= 9)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.communicate(timeout=60)
+    wait_for(lambda: read_study(results).meta["state"] == "interrupted", timeout=120)
+    before = _epoch_files(results)
+
+    resumed = run_cli(["resume", str(results)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = read_study(results)
+    assert study.meta["state"] == "completed"
+    assert len(study.trials) == 4 and set(study.trials["state"]) == {"TERMINATED"}
+    # Every trial's epochs, each once; the files written before the kill are still there, but
+    # for those of an epoch in flight past its last checkpoint (withdrawn, kept aside).
+    for _, rows in study.epochs.groupby("trial_id"):
+        assert sorted(rows["epoch"]) == [1, 2, 3, 4, 5, 6]
+    withdrawn = {p.name for p in (results / "withdrawn").rglob("*.parquet")}
+    assert before - withdrawn <= _epoch_files(results)
+
+    # The exploits: at perturbation epochs only, each from a donor at the same epoch.
+    lineage = read_lineage(study.directory)
+    assert not lineage.empty and set(lineage["epoch"]) <= {2, 4}
+    assert (lineage["donor_epoch"] == lineage["epoch"]).all()
+    assert (lineage["donor_trial_id"] != lineage["trial_id"]).all()
+    assert set(lineage["donor_trial_id"]) <= set(study.trials["trial_id"])
+
+    # The Optuna mirror: one trial per member, its exploits as an attribute.
+    mirrored = {
+        t.user_attrs["trial_id"]: t
+        for t in optuna.load_study(study_name="pbt", storage=open_storage(results)).trials
+    }
+    assert sorted(mirrored) == sorted(study.trials["trial_id"])
+    for trial_id, taken in lineage.sort_values("epoch").groupby("trial_id"):
+        exploits = [f"{row.epoch} from trial {row.donor_trial_id}" for row in taken.itertuples()]
+        assert mirrored[trial_id].user_attrs["exploits"] == ", ".join(exploits)
+
+    # status names the values in force at the best epoch, not the trial's first ones.
+    top = study.trials.sort_values("best_metric", ascending=False).iloc[0]
+    at_best = indexed_epochs(study).loc[(top["trial_id"], top["best_epoch"])]
+    status = run_cli(["status", str(results)])
+    assert f"optim.lr={at_best['config/optim.lr']:.4g} " in status.stdout
+
+    # The replay of the best trial trains its chain of trials' epochs again, to the same numbers.
+    replay = run_cli(["train", "--replay", str(results), "--out", str(tmp_path / "rep")])
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    best = str(final_values(study.epochs, "val/top1", "max").index[0])  # the best final model
+    assert f"replaying trial {best}" in replay.stdout
+    chain = lineage_schedule(study.epochs, lineage, best)
+    indexed = indexed_epochs(study)
+    want = pd.DataFrame([indexed.loc[(trainer, epoch)] for epoch, trainer in chain])
+    got = run_epochs(tmp_path / "rep").sort_values("epoch", ignore_index=True)
+    np.testing.assert_array_equal(got["lr"], want["lr"])
+    np.testing.assert_allclose(got["train/loss"], want["train/loss"], rtol=1e-6)
+    np.testing.assert_array_equal(got["config/model.dropout"], want["config/model.dropout"])
+
+    report = run_cli(["report", str(results), "--out", str(tmp_path / "report")])
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "report" / "summary.md").read_text()
+    assert "## Population-based training" in text
+    assert f"`{best}`" in text
