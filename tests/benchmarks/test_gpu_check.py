@@ -69,10 +69,10 @@ def test_gpu_check_quick_cpu_mode_writes_its_report(tmp_path):
 def test_gpu_check_full_mode_runs_on_the_bundled_slice(tmp_path):
     # Full mode, every section, its image counts capped: the bundled slice's 2,000 images
     # once held a 1,990-image resume subset against a 200-image validation split (DataError).
-    report = _gpu_check(tmp_path, "--images", "200")
-    assert report["quick"] is False and report["sizes"]["resume_images"] == 200
+    report = _gpu_check(tmp_path, "--images", "128")
+    assert report["quick"] is False and report["sizes"]["resume_images"] == 128
     sections = _check_common(report)
-    assert sections["throughput"]["batch_128"]["images"] == 200
+    assert sections["throughput"]["batch_128"]["images"] == 128
     compiled = sections["throughput"]["compile"]
     assert compiled["model"]["img_s"] > 0 and "vs_eager" in compiled["model"]
     assert "CUDA only" in compiled["cudagraphs"]["skipped"]
