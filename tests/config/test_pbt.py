@@ -47,12 +47,12 @@ def test_a_pbt_spec_that_cannot_run_is_refused_naming_the_field(scheduler, extra
 
 
 def test_mutations_without_pbt_are_refused():
-    with pytest.raises(ConfigError, match="only scheduler.name pbt explores"):
+    with pytest.raises(ConfigError, match=r"only scheduler\.name pbt explores"):
         build_spec({"name": "p", "scheduler": {"name": "asha", "mutations": LR}})
 
 
 def test_a_variant_setting_a_mutated_key_is_refused_as_dead():
-    with pytest.raises(ConfigError, match="variants.a.optim.lr: scheduler.mutations sets"):
+    with pytest.raises(ConfigError, match=r"variants\.a\.optim\.lr: scheduler\.mutations sets"):
         pbt_spec(variants={"a": {"optim.lr": 0.1}})
 
 
