@@ -90,7 +90,7 @@ def test_a_killed_pbt_study_resumes_its_population_and_replays_its_best_schedule
     top = study.trials.sort_values("best_metric", ascending=False).iloc[0]
     at_best = indexed_epochs(study).loc[(top["trial_id"], top["best_epoch"])]
     status = run_cli(["status", str(results)])
-    assert f"optim.lr={at_best['config/optim.lr']:.4g} " in status.stdout
+    assert f"optim.lr={at_best['config/optim.lr']:.4g}" in status.stdout.split()
 
     # The replay of the best trial trains its chain of trials' epochs again, to the same numbers.
     replay = run_cli(["train", "--replay", str(results), "--out", str(tmp_path / "rep")])
