@@ -92,18 +92,22 @@ def test_a_killed_pbt_study_resumes_its_population_and_replays_its_best_schedule
     status = run_cli(["status", str(results)])
     assert f"optim.lr={at_best['config/optim.lr']:.4g}" in status.stdout.split()
 
-    # The replay of the best trial trains its chain of trials' epochs again, to the same numbers.
-    replay = run_cli(["train", "--replay", str(results), "--out", str(tmp_path / "rep")])
-    assert replay.returncode == 0, replay.stderr[-3000:]
+    # The replay of the best trial trains its chain of trials' epochs again, to the same numbers;
+    # RESULTS/TRIAL names another trial, here one that took another's state.
     best = str(final_values(study.epochs, "val/top1", "max").index[0])  # the best final model
-    assert f"replaying trial {best}" in replay.stdout
-    chain = lineage_schedule(study.epochs, lineage, best)
-    indexed = indexed_epochs(study)
-    want = pd.DataFrame([indexed.loc[(trainer, epoch)] for epoch, trainer in chain])
-    got = run_epochs(tmp_path / "rep").sort_values("epoch", ignore_index=True)
-    np.testing.assert_array_equal(got["lr"], want["lr"])
-    np.testing.assert_allclose(got["train/loss"], want["train/loss"], rtol=1e-6)
-    np.testing.assert_array_equal(got["config/model.dropout"], want["config/model.dropout"])
+    taker = str(lineage.sort_values("epoch")["trial_id"].iloc[-1])
+    for where, trial in [(results, best), (results / taker, taker)]:
+        out = tmp_path / f"replay-{trial}"
+        replay = run_cli(["train", "--replay", str(where), "--out", str(out)])
+        assert replay.returncode == 0, replay.stderr[-3000:]
+        assert f"replaying trial {trial}" in replay.stdout
+        chain = lineage_schedule(study.epochs, lineage, trial)
+        indexed = indexed_epochs(study)
+        want = pd.DataFrame([indexed.loc[(trainer, epoch)] for epoch, trainer in chain])
+        got = run_epochs(out).sort_values("epoch", ignore_index=True)
+        np.testing.assert_array_equal(got["lr"], want["lr"])
+        np.testing.assert_allclose(got["train/loss"], want["train/loss"], rtol=1e-6)
+        np.testing.assert_array_equal(got["config/model.dropout"], want["config/model.dropout"])
 
     report = run_cli(["report", str(results), "--out", str(tmp_path / "report")])
     assert report.returncode == 0, report.stderr[-3000:]
