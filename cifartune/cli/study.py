@@ -101,12 +101,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from cifartune.store.layout import SPEC_FILE
     from cifartune.store.study_data import read_study
 
-    directory = read_study(args.results).directory  # a clear error for what is not a study
+    study = read_study(args.results)  # a clear error for what is not a study
+    directory = study.directory
     for override in args.overrides:
-        if not resume_may_set(override.partition("=")[0].strip()):
+        key = override.partition("=")[0].strip()
+        if not resume_may_set(key):
             raise ConfigError(
                 f"--set {override}: resume changes only where the data lives and the budget "
                 f"({', '.join(RESUME_KEYS)}.*); to change what is trained, run a new study"
+            )
+        if key.startswith("budget") and study.meta.get("state") == "completed":
+            ended = study.meta.get("stop_reason") or "every trial finished"
+            raise ConfigError(
+                f"--set {override}: study {directory.name} is completed ({ended}), and a "
+                "completed study does not continue, whatever its budget: Ray has ended its "
+                "trials. A budget changes on resume for an interrupted study; to train more, "
+                f"run the spec as a new study: cifartune run {directory / SPEC_FILE} "
+                f"--set name={directory.name}-more --set {override}"
             )
     stored = directory / SPEC_FILE
     spec = build_spec(load_yaml_text(stored.read_text(), str(stored)), args.overrides)

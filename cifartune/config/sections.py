@@ -154,6 +154,16 @@ class BudgetSpec(Section):
         "{val/top1: 80} (at least, for an accuracy; at most, for a loss)",
     )
 
+    @field_validator("wall", mode="before")
+    @classmethod
+    def _unit_given(cls, value: Any) -> Any:
+        # `--set budget.wall=90` arrives as a number: say what is missing, not "not a string".
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(
+                f"{value} has no unit: write {value}s, {value}m or {value}h (units: s, m, h, d)"
+            )
+        return value
+
     @field_validator("wall")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:

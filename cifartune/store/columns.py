@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from cifartune.config.trial import TrialConfig
 
 CONFIG_PREFIX = "config/"
+# A population-based training member's starting values, beside the in-force ones (study_data).
+START_PREFIX = "start/"
 ENGINE_METRICS = (
     "epoch", "lr",
     "train/loss", "train/top1", "train/top5",

@@ -12,7 +12,7 @@ force at each epoch), it says which hyperparameters made a model, epoch by epoch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import pandas as pd
@@ -20,8 +20,8 @@ import pandas as pd
 from cifartune.config.sections import MUTABLE_KEYS
 from cifartune.storage import Location
 from cifartune.store.columns import CONFIG_PREFIX, KEY_TYPES, UTC_NS, config_types
-from cifartune.store.epochs import epoch_files, epoch_path
-from cifartune.store.layout import LINEAGE_DIR
+from cifartune.store.epochs import epoch_files, epoch_of, epoch_path
+from cifartune.store.layout import EPOCHS_DIR, LINEAGE_DIR
 from cifartune.store.tables import concat_frames, read_arrow, write_rows
 
 FROM, TO = "from/", "to/"
@@ -112,3 +112,15 @@ def final_values(epochs: pd.DataFrame, metric: str, mode: str) -> pd.Series:
     epoch's (an earlier, better epoch may be weights it gave up at an exploit)."""
     last = epochs.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")[metric]
     return pd.to_numeric(last, errors="coerce").dropna().sort_values(ascending=mode == "min")
+
+
+def open_barrier(directory: Location, perturbation_epochs: Collection[int]) -> int | None:
+    """The first perturbation epoch a population-based training study has not passed: no trial
+    has an epoch file after it and no trial took another's state there (a barrier passed before
+    a kill shows in either). None when every one is passed. File names only, no file read but
+    the lineage's."""
+    root = directory / EPOCHS_DIR
+    newest = max((epoch_of(f) or 0 for f in root.files(".parquet", recursive=True)), default=0)
+    exploited = {int(e) for e in read_lineage(directory).get("epoch", [])}
+    open_ones = [p for p in sorted(perturbation_epochs) if p >= newest and p not in exploited]
+    return open_ones[0] if open_ones else None

@@ -13,7 +13,8 @@ Ray's trial id):
 - params: the spec's space (lists and variants as categoricals); the seed is a user attribute;
   a population-based training member's mutated keys are params too, with the values it
   started with (what the search drew; its epoch rows hold the values in force at each epoch),
-  and its exploits are its ``exploits`` user attribute ('2 from trial a');
+  its ``at_best_epoch`` user attribute the values in force at its best epoch ('optim.lr=0.0158
+  model.dropout=0.1'), and its exploits its ``exploits`` user attribute ('2 from trial a');
 - intermediate values: the study metric of each epoch, step = epoch (non-finite values, a
   diverged loss, are left out: Optuna's pruners and plots take finite values only);
 - state: PENDING -> WAITING; RUNNING and INTERRUPTED -> RUNNING (an interrupted trial is resumed
@@ -52,7 +53,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cifartune.config.spec import VARIANT_KEY, metric_mode
 from cifartune.errors import CifartuneError
 from cifartune.storage import Location
-from cifartune.store.columns import CONFIG_PREFIX, column_value
+from cifartune.store.columns import CONFIG_PREFIX, START_PREFIX, column_value
 from cifartune.store.lineage import trial_exploits
 from cifartune.store.study_data import read_study
 from cifartune.store.summary import epochs_by_trial, metric_value
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 JOURNAL_FILE = "optuna.journal"
 TRIAL_ID_ATTR = "trial_id"
 EXPLOITS_ATTR = "exploits"  # a PBT member's lineage (see OptunaMirror._exploits)
+AT_BEST_ATTR = "at_best_epoch"  # a PBT member's values in force at its best epoch
 # Trial-row columns copied to user attributes where present (the rest are params).
 USER_ATTR_COLUMNS = (
     "trial_id", "ray_trial_id", "group", "variant", "seed", "state", "stop_reason", "epochs_run",
@@ -168,6 +170,7 @@ class OptunaMirror:
         self.distributions = space_distributions(spec)
         self.directory = directory
         self.pbt = (spec.get("scheduler") or {}).get("name") == "pbt"
+        self.mutated = list((spec.get("scheduler") or {}).get("mutations") or {})
         self.storage = open_storage(directory, storage_url)
         direction = StudyDirection.MAXIMIZE if mode == "max" else StudyDirection.MINIMIZE
         name = str(spec["name"])
@@ -206,6 +209,7 @@ class OptunaMirror:
         attrs = {k: _attribute(k, trial_row[k]) for k in USER_ATTR_COLUMNS if k in trial_row}
         if self.pbt and state.is_finished():
             attrs[EXPLOITS_ATTR] = self._exploits(trial_id)
+            attrs[AT_BEST_ATTR] = self._at_best(trial_row, epochs)
         if trial_id not in self._ids:
             self._read_mapping()  # another process may have created it since
         if trial_id not in self._ids:
@@ -238,6 +242,14 @@ class OptunaMirror:
         return (
             ", ".join(f"{row['epoch']} from trial {row['donor_trial_id']}" for row in taken) or "-"
         )
+
+    def _at_best(self, row: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]]) -> str:
+        """A PBT member's values in force at its best epoch: 'optim.lr=0.0158 model.dropout=0.1'
+        (its params are the ones it started with)."""
+        best = [e for e in epochs if e.get("epoch") == _plain(row.get("best_epoch"))]
+        if not best:
+            return "-"
+        return " ".join(f"{k}={_plain(best[0].get(CONFIG_PREFIX + k))}" for k in self.mutated)
 
     def sync(self, trials: pd.DataFrame, epochs: pd.DataFrame) -> None:
         """:meth:`update` for every row of `trials` (ordered by trial id, so a rebuilt mirror
@@ -276,8 +288,12 @@ class OptunaMirror:
         return state, None
 
     def _params(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The searched values of a trial row: for a PBT member, those it started with (a row
+        read back by study_data holds them as ``start/*``, and the values in force as
+        ``config/*``)."""
         return {
-            key: _plain(row.get(key if key == VARIANT_KEY else CONFIG_PREFIX + key))
+            key: _plain(row.get(START_PREFIX + key, row.get(CONFIG_PREFIX + key)))
+            if key != VARIANT_KEY else _plain(row.get(key))
             for key in self.distributions
         }
 

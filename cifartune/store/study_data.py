@@ -22,14 +22,17 @@ from cifartune.store.columns import (
 from cifartune.store.epochs import EpochReader
 from cifartune.store.layout import SPEC_FILE, STUDY_FILE, TEST_FILE
 from cifartune.store.lineage import read_lineage
-from cifartune.store.summary import resummarize
+from cifartune.store.summary import in_force_at_best, resummarize
 from cifartune.store.tables import as_timestamps, read_optional_table
 from cifartune.store.trial_states import read_trial_rows
 
 
 @dataclass(frozen=True)
 class StudyData:
-    """Everything a study wrote, read back with pandas only (no Ray, no GPU)."""
+    """Everything a study wrote, read back with pandas only (no Ray, no GPU). Under
+    population-based training a trial's ``config/*`` are the values in force at its best
+    epoch (:func:`~cifartune.store.summary.in_force_at_best`): every view labels a member by
+    what trained its best model."""
 
     directory: Location
     meta: dict[str, Any]
@@ -55,7 +58,7 @@ class StudyData:
         """Config columns of the spec's search space that vary across trials (the variants,
         which change several keys at once, are the ``variant`` column instead)."""
         space = self.spec.get("space") or {}
-        # A PBT member's mutated keys too, with the values it started with.
+        # A PBT member's mutated keys too, with the values in force at its best epoch.
         mutations = (self.spec.get("scheduler") or {}).get("mutations") or {}
         keys = [
             CONFIG_PREFIX + k for k in {**space, **mutations} if CONFIG_PREFIX + k in self.trials
@@ -122,6 +125,8 @@ def read_study(where: Path | str | Location, reader: EpochReader | None = None) 
             float(resources.get("cpus", 1)),
             float(resources.get("gpus", 0)),
         )
+        mutations = ((spec.get("scheduler") or {}).get("mutations")) or {}
+        trials = in_force_at_best(trials, epochs, [CONFIG_PREFIX + k for k in mutations])
     as_timestamps(trials, STARTED_AT)
     test = read_optional_table(directory / TEST_FILE)
     return StudyData(directory, meta, spec, epochs, trials, test, read_lineage(directory))

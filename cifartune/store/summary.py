@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from cifartune.store.columns import CONFIG_PREFIX, START_PREFIX
 from cifartune.store.tables import _missing
 
 
@@ -67,6 +68,10 @@ def summarize_epochs(
     elif state in ("TERMINATED", "STOPPED"):  # STOPPED: by the study's budget
         stopped_early = "early-stopped" if state == "TERMINATED" else "budget"
         reason = "completed" if run >= planned else stopped_early
+    elif state == "RUNNING" and run >= planned:
+        # Its last epoch is written: the trial table (which the driver writes at a bounded
+        # rate) has not caught up with the epoch rows, which are the truth.
+        reason = "completed"
     else:
         reason = state.lower()
     summary["stop_reason"] = reason
@@ -102,3 +107,30 @@ def resummarize(
         row.pop("gpu_s", None)  # older versions' name for reserved_gpu_s
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def in_force_at_best(
+    trials: pd.DataFrame, epochs: pd.DataFrame, keys: Sequence[str]
+) -> pd.DataFrame:
+    """The trial table with each trial's `keys` (``config/*`` columns) as its best epoch's row
+    holds them: under population-based training the values in force when its best model
+    trained, not the ones it started with (which exploits may have discarded with their
+    weights); those, its first epoch's, are kept as ``start/*``. A trial without epochs keeps
+    its own."""
+    keys = [k for k in keys if k in trials and k in epochs]
+    if trials.empty or epochs.empty or not keys:
+        return trials
+    rows = epochs.drop_duplicates(["trial_id", "epoch"]).set_index(["trial_id", "epoch"])[keys]
+    first = rows.sort_index().groupby(level="trial_id").head(1).droplevel("epoch")
+    best = pd.MultiIndex.from_arrays(
+        [trials["trial_id"], pd.to_numeric(trials["best_epoch"], errors="coerce")]
+    )
+    found = best.isin(rows.index)
+    trials = trials.copy()
+    for key in keys:
+        own = trials[key].astype(object)
+        start = trials["trial_id"].map(first[key]).astype(object)
+        trials[START_PREFIX + key.removeprefix(CONFIG_PREFIX)] = start.where(start.notna(), own)
+        trials[key] = own
+        trials.loc[found, key] = rows[key].reindex(best[found]).to_numpy()
+    return trials

@@ -18,6 +18,7 @@ from cifartune.config.resolved import ResolvedSpec
 from cifartune.storage import Location
 from cifartune.store.checkpoints import set_aside_orphans
 from cifartune.store.optuna_mirror import OptunaMirror
+from cifartune.study.pbt import REPEATED
 from cifartune.study.recorder import StudyRecorder, TrialEvent
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class StudyCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
         self._sync(trials, trial)
+        if result.get(REPEATED):  # told again at a barrier: its line was printed
+            return
         log.info(
             "trial %s epoch %d: val/top1 %.2f val/loss %.3f (%.1fs)%s",
             trial.trial_id,

@@ -35,6 +35,7 @@ from cifartune.store.layout import (
     SPEC_FILE,
     TEST_FILE,
 )
+from cifartune.store.lineage import open_barrier
 from cifartune.store.metadata import StudyMetadata, describe_driver, now
 from cifartune.store.study_data import read_study
 from cifartune.store.tables import atomic_write_text, write_table
@@ -247,6 +248,7 @@ def _tuner(
 
     from cifartune.study.budget import BudgetScheduler, budgeted
     from cifartune.study.callback import StudyCallback
+    from cifartune.study.pbt import EpochPBT
     from cifartune.study.search import search_algorithm, search_space
     from cifartune.study.trainable import train_trial
 
@@ -273,6 +275,8 @@ def _tuner(
         if restored is not None:
             pickled = restored._tune_config.scheduler or scheduler
             inner = pickled.inner if isinstance(pickled, BudgetScheduler) else pickled
+            if isinstance(inner, EpochPBT):
+                inner.resume_at(open_barrier(directory, resolved.perturbation_epochs))
             restored._tune_config.scheduler, restored._run_config.stop = budgeted(
                 inner, resolved, directory
             )

@@ -10,8 +10,10 @@ What Ray hands from a donor to a recipient is a pointer (a tiny checkpoint: tria
 reported at each perturbation epoch; the state itself is the donor's checkpoint of that epoch,
 kept in the results directory (:meth:`cifartune.store.trial_writer.TrialWriter.exploit`), so
 nothing depends on what Ray's snapshot kept. After a restore, Ray's PBT knows nothing of the
-population's progress: :class:`EpochPBT` acts only at perturbation epochs and re-aligns its
-barrier to the epochs the trials report.
+population's progress: the driver tells :class:`EpochPBT` the first barrier the population has
+not passed (:func:`cifartune.store.lineage.open_barrier`), and a member resumed from its own
+checkpoint at a perturbation epoch reports that epoch again, so that members paused at an
+interrupted barrier meet there with the ones still on their way.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from cifartune.config.distributions import (
 from cifartune.config.resolved import ResolvedSpec
 
 POINTER_FILE = "cifartune-state.json"
+# In a result a member reports again when it resumes at a perturbation epoch (see EpochPBT).
+REPEATED = "repeated"
 
 
 def ray_domain(dim: Any) -> Any:
@@ -73,7 +77,7 @@ def within_bounds(
 
 class EpochPBT(PopulationBasedTraining):
     """Synchronous PBT that perturbs at multiples of the interval, never at the last epoch, and
-    re-aligns its barrier to the trials' epochs (see the module)."""
+    whose population meets again after a restore (see the module)."""
 
     def __init__(self, resolved: ResolvedSpec) -> None:
         sched = resolved.spec.scheduler
@@ -95,16 +99,28 @@ class EpochPBT(PopulationBasedTraining):
         self.perturbation_epochs = resolved.perturbation_epochs
         self.max_running = resolved.spec.resources.max_concurrent or 0
 
+    def resume_at(self, barrier: int | None) -> None:
+        """A restored study's population meets first at `barrier` (the first perturbation
+        epoch it has not passed, from the results directory; None: none is left). Ray restores
+        this scheduler as it was built, before any trial ran: without this, it would wait at
+        the first perturbation epoch, which members paused at a later one never report again."""
+        self._next_perturbation_sync = (
+            barrier if barrier is not None else max(self.perturbation_epochs, default=0) + 1
+        )
+
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         epoch = int(result.get("epoch", 0))
-        if epoch not in self.perturbation_epochs:
+        # Not a barrier, or one the population has passed: a member that resumes from a
+        # perturbation epoch reports it again (see the trainable), and goes on past a barrier
+        # already met.
+        if epoch not in self.perturbation_epochs or epoch < self._next_perturbation_sync:
             return TrialScheduler.CONTINUE
-        interval = int(self._perturbation_interval)
         state = self._trial_state[trial]
         # A trial restored with the experiment reports from its checkpoint on: its interval
-        # counts from the perturbation epoch before this one, and the barrier is this epoch.
-        state.last_perturbation_time = max(state.last_perturbation_time, epoch - interval)
-        self._next_perturbation_sync = max(self._next_perturbation_sync, epoch)
+        # counts from the perturbation epoch before this one.
+        state.last_perturbation_time = max(
+            state.last_perturbation_time, epoch - int(self._perturbation_interval)
+        )
         return str(super().on_trial_result(tune_controller, trial, result))
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
@@ -113,7 +129,25 @@ class EpochPBT(PopulationBasedTraining):
         running = sum(t.status == Trial.RUNNING for t in tune_controller.get_trials())
         if self.max_running and running >= self.max_running:
             return None
-        return super().choose_trial_to_run(tune_controller)
+        chosen = super().choose_trial_to_run(tune_controller)
+        if chosen is None and running == 0 and self._meet_without_report(tune_controller):
+            chosen = super().choose_trial_to_run(tune_controller)
+        return chosen
+
+    def _meet_without_report(self, tune_controller: Any) -> bool:
+        """Every live member waits at the barrier and none runs: the one that would have
+        arrived last ended instead (it failed), and Ray meets only on a report. The barrier is
+        met on the last waiting member's result, as if it had arrived last (else the study
+        waits forever, a CPU busy)."""
+        waiting = [t for t in tune_controller.get_live_trials() if t.status == Trial.PAUSED]
+        states = [self._trial_state[t] for t in waiting]
+        if not waiting or any(
+            s.last_result is None or s.last_train_time < self._next_perturbation_sync
+            for s in states
+        ):
+            return False
+        super().on_trial_result(tune_controller, waiting[-1], dict(states[-1].last_result or {}))
+        return True
 
 
 @contextmanager

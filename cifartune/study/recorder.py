@@ -113,6 +113,11 @@ class StudyRecorder:
                 seconds = [t.timestamp() for t in started[STARTED_AT]]
                 self._started = dict(zip(started["trial_id"], seconds, strict=True))
 
+    def _summary_column(self, name: str) -> bool:
+        # A PBT member's values in force too: the mirror names those at its best epoch.
+        pbt_value = self.group_by_trial and name.startswith(CONFIG_PREFIX)
+        return summary_column(name, self.metric) or pbt_value
+
     def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         """The trial's epoch rows in epoch order, the columns its summary and the Optuna mirror
         use: one listing of its folder, and a read of each file not read before (they never
@@ -125,7 +130,7 @@ class StudyRecorder:
             if epoch in cached and cached[epoch][0] == file.name:
                 continue
             try:
-                (row,) = read_records(file, lambda name: summary_column(name, self.metric))
+                (row,) = read_records(file, self._summary_column)
             except FileNotFoundError:  # withdrawn since the listing (a resume)
                 continue
             self.reads += 1

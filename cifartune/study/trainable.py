@@ -27,7 +27,7 @@ from cifartune.storage import Location
 from cifartune.store.checkpoints import record_failure
 from cifartune.store.columns import effective_columns, trial_keys
 from cifartune.store.trial_writer import TrialWriter
-from cifartune.study.pbt import pointed, pointer
+from cifartune.study.pbt import REPEATED, pointed, pointer
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,22 @@ def train_trial(
         )
         cpu = CpuClock()
 
-        def report(metrics: Metrics, state: StateThunk) -> None:
-            nonlocal reported
-            cpu.measure(metrics)
-            writer.record(metrics, state)
+        def tell_ray(metrics: Metrics, **extra: Any) -> None:
+            """An epoch's result for the scheduler and searcher; at a perturbation epoch with
+            the pointer to this trial's state there, for another trial to take."""
+            safe = {**_ray_safe(metrics, spec.metric, spec.mode), **extra}
             epoch = int(metrics["epoch"])
-            safe = _ray_safe(metrics, spec.metric, spec.mode)
             if epoch in perturbations:
                 with pointer(trial_id, epoch) as checkpoint:
                     tune.report(safe, checkpoint=checkpoint)
             else:
                 tune.report(safe)
+
+        def report(metrics: Metrics, state: StateThunk) -> None:
+            nonlocal reported
+            cpu.measure(metrics)
+            writer.record(metrics, state)
+            tell_ray(metrics)
             reported = True
 
         donor = pointed(tune.get_checkpoint()) if pbt else None
@@ -104,6 +109,11 @@ def train_trial(
                 start = writer.exploit(*donor)
             else:
                 start = writer.resume()
+                if start is not None and int(start["epoch"]) in perturbations:
+                    # Resumed at a barrier: the population may not have met there yet (the
+                    # study was interrupted while this trial waited), so it arrives again; the
+                    # scheduler lets it go on at once past a barrier already met.
+                    tell_ray(start["history"][-1], **{REPEATED: True})
             result = fit(config, data, report=report, resume=start)
     except CifartuneError as exc:
         log.error("trial %s cannot run: %s", trial_id, exc)

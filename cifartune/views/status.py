@@ -37,19 +37,13 @@ def best_trial(study: StudyData) -> pd.Series | None:
 
 
 def best_line(study: StudyData) -> str:
-    """'best so far: ...' with the searched values in force at the best epoch (under PBT they
-    are not the trial's first ones); empty before any result."""
+    """'best so far: ...' with the searched values (under PBT, those in force at the best
+    epoch: see StudyData); empty before any result."""
     best = best_trial(study)
     if best is None:
         return ""
-    epochs = study.epochs
-    rows = epochs[
-        (epochs["trial_id"] == best["trial_id"]) & (epochs["epoch"] == best["best_epoch"])
-    ]
-    at_best = rows.iloc[0] if len(rows) else best
     factors = " ".join(
-        f"{k.removeprefix('config/')}={_short(at_best.get(k, best[k]))}"
-        for k in study.factor_keys()
+        f"{k.removeprefix('config/')}={_short(best[k])}" for k in study.factor_keys()
     )
     if study.has_variants():
         factors = f"variant={best['variant']} {factors}"
@@ -146,7 +140,10 @@ def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
         parts.append(f"{unseen} not started")
     lines.append(f"trials: {planned_trials} planned | " + ", ".join(parts or ["none yet"]))
 
-    finished = trials["state"].isin(FINAL_STATES)
+    # Running: what trains now. A trial whose last epoch is written is done, whatever the
+    # trial table (it lags behind the epoch rows) still says.
+    training = trials["stop_reason"] == "running"
+    finished = trials["state"].isin(FINAL_STATES) | (trials["state"] == "RUNNING") & ~training
     left_running = (trials["max_epochs"] - trials["epochs_run"]).clip(lower=0)[~finished].sum()
     left = int(left_running) + unseen * epochs_per_trial
     done = len(epochs)
@@ -160,7 +157,7 @@ def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
     best = best_line(study)
     if best:
         lines.append(best)
-    running = trials[trials["state"] == "RUNNING"]
+    running = trials[training]
     if len(running):
         lines.append("running:")
         for row in running.sort_values("trial_id").itertuples():
@@ -168,9 +165,25 @@ def render_status(study: StudyData, now: dt.datetime, *, live: bool) -> str:
             current = f"  {study.metric} {last[study.metric].iloc[0]:.3f}" if len(last) else ""
             lines.append(f"  {row.trial_id}  epoch {row.epochs_run}/{row.max_epochs}{current}")
     if live and left:
-        starts = int((~finished & (trials["state"] != "RUNNING")).sum()) + unseen
-        lines.append(_eta(trials, epochs, left, starts, len(running), asha))
+        starts = int((~finished & ~training).sum()) + unseen
+        at_once = min([len(running), *_slot_limits(study)])
+        lines.append(_eta(trials, epochs, left, starts, at_once, asha))
     return "\n".join(lines) + "\n"
+
+
+def _slot_limits(study: StudyData) -> list[int]:
+    """What bounds the trials running at once: ``resources.max_concurrent``, and on the
+    driver's own machine (no cluster address) its CPUs and GPUs over each trial's."""
+    resources = study.spec.get("resources") or {}
+    limits = [int(resources["max_concurrent"])] if resources.get("max_concurrent") else []
+    hardware = study.meta.get("hardware") or {}
+    if not study.meta.get("address") and hardware.get("cpus"):
+        cpus, gpus = float(resources.get("cpus", 1)), float(resources.get("gpus", 0))
+        if cpus > 0:
+            limits.append(max(int(hardware["cpus"] // cpus), 1))
+        if gpus > 0:
+            limits.append(max(int(len(hardware.get("gpus") or []) // gpus), 1))
+    return limits
 
 
 def startup_seconds(trials: pd.DataFrame, epochs: pd.DataFrame) -> float:

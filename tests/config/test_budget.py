@@ -30,6 +30,7 @@ def test_wall_takes_a_duration_with_units(text, seconds):
     [
         ({"wall": "0h"}, "budget.wall = '0h': must be more than 0"),
         ({"wall": "6"}, "budget.wall = '6': a duration with units"),
+        ({"wall": 90}, "budget.wall = 90: 90 has no unit: write 90s, 90m or 90h"),
         ({"wall": "6 hours"}, "budget.wall = '6 hours': a duration with units"),
         ({"wall": "-1h"}, "budget.wall = '-1h': a duration with units"),
         ({"gpu_hours": 0}, "budget.gpu_hours = 0: Input should be greater than 0"),

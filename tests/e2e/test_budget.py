@@ -63,6 +63,16 @@ def test_a_wall_budget_counts_the_time_of_a_killed_driver(tmp_path):
     assert study.meta["stop_reason"].startswith("budget: wall 1s reached")
     assert len(study.epochs) == trained  # no epoch trained after the resume
     assert set(study.trials["stop_reason"]) == {"budget"} and len(study.test) == 1
+    # A completed study does not continue, whatever its budget: refused (not dropped), with a
+    # command that trains more as a new study, which validates as it is.
+    more = run_cli(["resume", str(results), "--set", "budget.wall=90s"], cwd=tmp_path)
+    assert more.returncode == 2, more.stdout
+    assert "study wall is completed (budget: wall 1s reached" in more.stderr
+    assert "Traceback" not in more.stderr and len(more.stderr.strip().splitlines()) == 1
+    suggested = more.stderr.split("as a new study: cifartune run ")[1].split()
+    assert suggested[1:] == ["--set", "name=wall-more", "--set", "budget.wall=90s"]
+    assert run_cli(["validate", *suggested], cwd=tmp_path).returncode == 0
+    assert len(read_study(results).meta["runs"]) == 2  # nothing ran
     # What a resume may not change is refused: the study's design.
     refused = run_cli(["resume", str(results), "--set", "base.epochs=3"], cwd=tmp_path)
     assert refused.returncode == 2 and "resume changes only where the data lives" in (

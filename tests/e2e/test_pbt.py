@@ -5,6 +5,7 @@ numbers; the report draws the population."""
 
 import os
 import signal
+from collections import Counter
 
 import numpy as np
 import optuna
@@ -21,6 +22,7 @@ from ..support import (
     run_cli,
     run_epochs,
     start_study,
+    stopped_at_exit,
     wait_for,
     write_spec,
 )
@@ -30,6 +32,77 @@ MUTATIONS = {
     "optim.lr": {"type": "float", "low": 0.001, "high": 0.2, "log": True},
     "model.dropout": [0.0, 0.1, 0.2, 0.3],
 }
+
+
+def _pbt_spec(directory, **resources):
+    """4 members of the momentum network, 6 epochs, meeting at epochs 2 and 4, where the bottom
+    half takes the top half's state: 2 exploits at each barrier."""
+    return write_spec(
+        directory, name="pbt",
+        base={**TINY_BASE, "epochs": 6, "optim": {"name": "momentum"},
+              "data": {**TINY_BASE["data"], "train_subset": 500}},
+        search={"algorithm": "random", "samples": 4, "seed": 0},
+        scheduler={"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                   "mutations": MUTATIONS},
+        resources={"cpus": 1, **resources},
+    )  # fmt: skip
+
+
+def _barrier_exploits(results):
+    """How many members took another's state at each perturbation epoch."""
+    return Counter(read_lineage(read_study(results).directory)["epoch"].astype(int))
+
+
+def _progress(results):
+    """Each trial's newest epoch on disk, from the file names alone."""
+    newest = {}
+    for file in (results / "epochs").glob("*/*.parquet"):
+        epoch = int(file.name.split("-")[0])
+        newest[file.parent.name] = max(newest.get(file.parent.name, 0), epoch)
+    return newest
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_exploits(tmp_path_factory):
+    """The exploits per barrier of the study below, run to its end without interruption."""
+    root = tmp_path_factory.mktemp("pbt-uninterrupted")
+    result = run_cli(["run", str(_pbt_spec(root, max_concurrent=1)), "--storage", str(root / "r")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    exploits = _barrier_exploits(root / "r" / "pbt")
+    assert exploits == {2: 2, 4: 2}
+    return exploits
+
+
+def test_a_pbt_study_stopped_while_members_wait_at_a_barrier_meets_there_on_resume(
+    tmp_path, uninterrupted_exploits
+):
+    # One member runs at a time: three wait at the second barrier (epoch 4) while the fourth
+    # trains towards it; then the whole process group gets SIGTERM (`timeout`, Slurm).
+    results = tmp_path / "r" / "pbt"
+    driver = start_study(_pbt_spec(tmp_path, max_concurrent=1), tmp_path)
+    with stopped_at_exit(driver):
+        wait_for(lambda: sorted(_progress(results).values())[-3:] == [4, 4, 4])
+        at_stop = _progress(results)
+        os.killpg(driver.pid, signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr[-3000:]
+    assert read_study(results).meta["state"] == "interrupted"
+    before = _epoch_files(results)
+
+    resumed = run_cli(["resume", str(results)], cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = read_study(results)
+    assert study.meta["state"] == "completed", at_stop
+    assert set(study.trials["state"]) == {"TERMINATED"}
+    for _, rows in study.epochs.groupby("trial_id"):
+        assert sorted(rows["epoch"]) == [1, 2, 3, 4, 5, 6]
+    withdrawn = {p.name for p in (results / "withdrawn").rglob("*.parquet")}
+    assert before - withdrawn <= _epoch_files(results)
+    # The population met at the barrier it was stopped at, and at every one an uninterrupted
+    # run meets at, each exploit from a donor at the same epoch.
+    assert _barrier_exploits(results) == uninterrupted_exploits, at_stop
+    lineage = read_lineage(study.directory)
+    assert (lineage["donor_epoch"] == lineage["epoch"]).all()
 
 
 def _epoch_files(results):
@@ -85,6 +158,19 @@ def test_a_killed_pbt_study_resumes_its_population_and_replays_its_best_schedule
     for trial_id, taken in lineage.sort_values("epoch").groupby("trial_id"):
         exploits = [f"{row.epoch} from trial {row.donor_trial_id}" for row in taken.itertuples()]
         assert mirrored[trial_id].user_attrs["exploits"] == ", ".join(exploits)
+
+    # Every view names a member by the values in force at its best epoch (the trial table read
+    # back); the mirror's params are the values it started with, its at_best_epoch attribute
+    # the values in force.
+    for trial in study.trials.to_dict("records"):
+        at_best = indexed_epochs(study).loc[(trial["trial_id"], trial["best_epoch"])]
+        mirrored_trial = mirrored[trial["trial_id"]]
+        for key in MUTATIONS:
+            assert trial[f"config/{key}"] == at_best[f"config/{key}"]
+            assert mirrored_trial.params[key] == trial[f"start/{key}"]
+        assert set(mirrored_trial.user_attrs["at_best_epoch"].split()) == {
+            f"{key}={float(at_best[f'config/{key}'])}" for key in MUTATIONS
+        }
 
     # status names the values in force at the best epoch, not the trial's first ones.
     top = study.trials.sort_values("best_metric", ascending=False).iloc[0]

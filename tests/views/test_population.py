@@ -2,13 +2,16 @@
 model's schedule follows its exploits, the exploits are listed with what they changed, and the
 side-by-side comparison draws the best final model's own history, not its trial's rows."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from cifartune.storage import Location
 from cifartune.store.study_data import StudyData
+from cifartune.store.summary import in_force_at_best
 from cifartune.views.reports.figures_curves import fig_compare
+from cifartune.views.reports.naming import trial_labels
 from cifartune.views.reports.population import population_section
 from cifartune.views.reports.tables import studies_side_by_side
 
@@ -74,3 +77,15 @@ def test_the_comparison_draws_the_best_final_model_along_its_lineage():
     assert list(line.get_ydata()) == [20.0, 30.0, 40.0, 50.0]  # a's epochs 1-2, then b's
     side = studies_side_by_side([study, other]).set_index("study")["best configuration"]
     assert side["pop"] == "the schedule of trial b (population-based training)"
+
+
+def test_every_view_names_a_member_by_the_values_in_force_at_its_best_epoch():
+    # b started at lr 0.001, but its best model (epoch 4) trained at 0.01, after taking a's
+    # state: the trial table read back, and every label made from it, say 0.01.
+    study = population()
+    trials = study.trials.assign(best_epoch=[4, 4], seed=[0, 0])
+    read = in_force_at_best(trials, study.epochs, ["config/optim.lr"]).set_index("trial_id")
+    assert read.loc["b", "config/optim.lr"] == 0.01 and read.loc["b", "start/optim.lr"] == 0.001
+    assert read.loc["a", "config/optim.lr"] == 0.1
+    labels = trial_labels(replace(study, trials=read.reset_index()))
+    assert labels.to_dict() == {"a": "learning rate 0.1", "b": "learning rate 0.01"}

@@ -268,3 +268,22 @@ def test_eta_counts_measured_start_ups_and_the_trials_running_at_once(tmp_path):
     eta = round((left * seconds + 1 * 5.0) / 2)
     assert "1 trial start(s) at 5.0 s; 2 trial(s) running at once)" in text
     assert f"ETA: at most {eta // 60}m {eta % 60:02d}s ({left} epochs left" in text
+
+
+def test_watch_counts_as_running_only_the_trials_still_training(tmp_path):
+    # The trial table lags behind the epoch rows: two trials whose last epoch is written still
+    # say RUNNING there, on a machine of 2 CPUs (1 a trial) with three trials training.
+    results = asha_study(tmp_path)
+    meta = json.loads((results / STUDY_FILE).read_text())
+    (results / STUDY_FILE).write_text(json.dumps({**meta, "hardware": {"cpus": 2}}))
+    trials = read_trial_rows(Location.of(results))
+    lagging = trials["trial_id"].isin(["t_00000", "t_00002", "t_00003", "t_00005"])
+    trials.loc[lagging, ["state", "stop_reason"]] = ["RUNNING", "running"]
+    for row in trials[lagging].to_dict("records"):
+        write_trial_row(Location.of(results), row, int(row["seq"]) + 1)
+    text = render_status(read_study(results), NOW, live=True)
+    running = text.split("running:\n")[1].split("ETA")[0]
+    assert "t_00000" not in running and "t_00002" not in running  # 4/4 epochs: done
+    assert {"t_00003", "t_00005", "t_00006"} == set(re.findall(r"t_\d+", running))
+    assert "trials: 8 planned | 3 running, 2 completed, 1 early-stopped" in text
+    assert "3 trial(s) running" not in text and "2 trial(s) running at once)" in text

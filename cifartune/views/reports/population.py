@@ -184,7 +184,8 @@ def population_section(
         "the weights and optimizer state of a member of the top fraction and perturbed its "
         "hyperparameters (resampled with probability "
         f"{fmt(scheduler.get('resample_probability'))}): {len(study.lineage)} exploits. Each "
-        "epoch row holds the values in force at that epoch."
+        "epoch row holds the values in force at that epoch; the trial tables and figures of "
+        "this report name each member by the values in force at its best epoch."
     )
     value = chain[study.metric].iloc[-1]
     section.paragraphs.append(
@@ -203,9 +204,9 @@ def population_section(
         section.tables.append(Table("Exploits", exploit_table(study)))
     section.paragraphs.append(
         "In the Optuna mirror (`cifartune export-optuna`) each member is one Optuna trial: its "
-        "params are the hyperparameters it started with (what the search drew, as in the trial "
-        "tables of this report), its intermediate values its "
-        "own epoch rows, and its value its best epoch's; its exploits are its `exploits` "
-        "user attribute, e.g. '2 from trial a, 4 from trial b'."
+        "params are the hyperparameters it started with (what the search drew), its "
+        "`at_best_epoch` user attribute the values in force at its best epoch, its intermediate "
+        "values its own epoch rows, and its value its best epoch's; its exploits are its "
+        "`exploits` user attribute, e.g. '2 from trial a, 4 from trial b'."
     )
     return section
