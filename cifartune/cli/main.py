@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="only where the data lives: --set base.data.dir=PATH",
+        help="where the data lives (--set base.data.dir=PATH, base.data.download=true) and "
+        "the budget of an interrupted study (--set budget.wall=12h, budget.gpu_hours=..., "
+        "budget.cpu_hours=..., budget.target.val/top1=80)",
     )
     resume.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
     _optuna_storage_arg(resume)

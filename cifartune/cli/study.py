@@ -19,7 +19,9 @@ from cifartune.study.signals import EXIT_INTERRUPTED
 EXIT_FAILED = 1
 
 
-def _print_plan(resolved: ResolvedSpec) -> None:
+def _print_plan(resolved: ResolvedSpec, address: str | None) -> int:
+    """Print what `run` would do here; 2 when no trial could ever start on this machine (and
+    no cluster --address is given), as `run` itself would refuse."""
     import os
 
     import torch
@@ -80,6 +82,16 @@ def _print_plan(resolved: ResolvedSpec) -> None:
         f"{cpus:g} CPUs, {gpus:g} GPUs -> {p.concurrent} trial(s) at once (limited by "
         f"{p.bottleneck}), about {p.waves} wave(s)"
     )
+    if p.concurrent == 0 and address is None:
+        need = f"{res.gpus:g} GPU" if p.bottleneck == "GPUs" else f"{res.cpus:g} CPUs"
+        print(
+            f"cifartune run: error: resources: each trial needs {need}, which this machine does "
+            f"not have ({cpus:g} CPUs, {gpus:g} GPUs): no trial could start; run it on a machine "
+            "or cluster (--address) that has them, or lower resources.gpus / resources.cpus",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -88,8 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = resolve(load_spec(args.spec, args.overrides))
     if args.dry_run:
-        _print_plan(spec)
-        return 0
+        return _print_plan(spec, args.address)
     return _run(spec, args, resume=args.resume)
 
 

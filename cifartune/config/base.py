@@ -28,21 +28,35 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
+def _section(model: type[BaseModel], name: Any) -> type[BaseModel] | None:
+    """The model of `model`'s field `name` when it is a section; None for a value, a free-form
+    mapping or no such field."""
+    field = model.model_fields.get(str(name))
+    annotation = field.annotation if field else None
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+    sections = [
+        m for m in (annotation, *members) if isinstance(m, type) and issubclass(m, BaseModel)
+    ]
+    return sections[0] if sections else None
+
+
 def _fields_at(model: type[BaseModel], loc: Iterable[Any]) -> list[str] | None:
     """The valid field names of the section that `loc` (a pydantic error location) points into;
     None where it leads into a free-form mapping (a spec's space) rather than a section."""
-    current: type[BaseModel] = model
+    current: type[BaseModel] | None = model
     for part in loc:
-        field = current.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
-        sections = [
-            m for m in (annotation, *members) if isinstance(m, type) and issubclass(m, BaseModel)
-        ]
-        if not sections:  # a value, or a free-form mapping
-            return None
-        current = sections[0]
-    return list(current.model_fields)
+        current = _section(current, part) if current is not None else None
+    return list(current.model_fields) if current is not None else None
+
+
+def _paths_to(model: type[BaseModel], key: str) -> list[str]:
+    """Dotted paths to the fields named `key` in `model` and its sections (``optim.lr``)."""
+    paths = [key] if key in model.model_fields else []
+    for name in model.model_fields:
+        section = _section(model, name)
+        if section is not None:
+            paths += [f"{name}.{path}" for path in _paths_to(section, key)]
+    return paths
 
 
 def _user_location(loc: Iterable[Any]) -> list[str]:
@@ -62,9 +76,14 @@ def _user_location(loc: Iterable[Any]) -> list[str]:
 
 
 def describe_validation_error(
-    error: ValidationError, model: type[BaseModel], prefix: str = ""
+    error: ValidationError,
+    model: type[BaseModel],
+    prefix: str = "",
+    nested: Mapping[str, type[BaseModel]] | None = None,
 ) -> str:
-    """One line per problem: ``field = value: rule``, with a "did you mean" for unknown keys."""
+    """One line per problem: ``field = value: rule``, with a "did you mean" for unknown keys;
+    `nested` names the free-form top-level fields that hold another model (a spec's ``base``),
+    so that a key of that model given at the top level is pointed there."""
     items = error.errors()
     # A union member rejected only for its type ("should be a valid list" for a distribution's
     # mapping) is noise when another member got far enough to name the real problem.
@@ -83,7 +102,14 @@ def describe_validation_error(
             if valid is None:
                 lines.append(f"{field}: unknown key")
                 continue
-            close = difflib.get_close_matches(loc[-1], valid, n=1)
+            # The same key deeper down first (`epochs` in a spec: `base.epochs`).
+            deeper = [
+                ".".join([*loc[:-1], section, path])
+                for section, inner in (nested or {}).items()
+                if section in valid and not loc[:-1]
+                for path in _paths_to(inner, loc[-1])
+            ]
+            close = deeper or difflib.get_close_matches(loc[-1], valid, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             lines.append(f"{field}: unknown key{hint} (valid keys: {', '.join(valid)})")
         elif item["type"] in ("value_error", "assertion_error") and not loc:

@@ -250,7 +250,9 @@ def build_spec(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> StudyS
     try:
         spec = StudySpec.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, StudySpec)) from None
+        raise ConfigError(
+            describe_validation_error(exc, StudySpec, nested={"base": TrialConfig})
+        ) from None
     base = _validate_against_config(spec)
     _check_study(spec, base)
     return spec

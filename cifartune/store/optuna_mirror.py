@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,10 @@ class OptunaMirror:
                 f"{spec['name']!r} with direction {self.study.direction.name.lower()}, but "
                 f"{self.metric} is to {direction.name.lower()} here; use another --storage"
             )
+        if self.study.metric_names != [self.metric]:  # optuna-dashboard's "Objective 0"
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([self.metric])
         self._study_id = self.storage.get_study_id_from_name(self.study.study_name)
         self._ids: dict[str, int] = {}
         self._warned: set[str] = set()

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.progress_reporter import TrialProgressCallback
 
 from cifartune.config.base import flatten
 from cifartune.config.resolved import ResolvedSpec
@@ -24,6 +25,15 @@ from cifartune.study.recorder import StudyRecorder, TrialEvent
 log = logging.getLogger(__name__)
 # Seconds between two updates of the Optuna mirror while the study runs.
 MIRROR_EVERY_S = 5.0
+
+
+class RayTrialLinesToLog(TrialProgressCallback):
+    """Ray's own trial lines ("Trial X completed. Last result: ...", printed whatever the
+    verbosity, empty for a trial stopped before it reported) go to the debug log: the study's
+    lines are StudyCallback's. Ray adds its own printer only when the callbacks hold none."""
+
+    def _print(self, msg: str) -> None:
+        log.debug("%s", msg)
 
 
 class StudyCallback(tune.Callback):
@@ -106,7 +116,10 @@ class StudyCallback(tune.Callback):
     ) -> None:
         self._recorder.record_complete(trial.trial_id)
         self._sync(trials, trial)
-        log.info("trial %s finished", trial.trial_id)
+        if "epoch" in (trial.last_result or {}):
+            log.info("trial %s finished", trial.trial_id)
+        else:  # stopped before it started: the study's budget was spent
+            log.info("trial %s ends without training: the study stops", trial.trial_id)
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any

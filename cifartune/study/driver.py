@@ -247,7 +247,7 @@ def _tuner(
     from ray import tune
 
     from cifartune.study.budget import BudgetScheduler, budgeted
-    from cifartune.study.callback import StudyCallback
+    from cifartune.study.callback import RayTrialLinesToLog, StudyCallback
     from cifartune.study.pbt import EpochPBT
     from cifartune.study.search import search_algorithm, search_space
     from cifartune.study.trainable import train_trial
@@ -280,6 +280,9 @@ def _tuner(
             restored._tune_config.scheduler, restored._run_config.stop = budgeted(
                 inner, resolved, directory
             )
+            callbacks = restored._run_config.callbacks or []
+            if not any(isinstance(c, RayTrialLinesToLog) for c in callbacks):
+                restored._run_config.callbacks = [*callbacks, RayTrialLinesToLog()]
         return tuner
     # Killed before Ray's first snapshot: no trial can be resumed under its id.
     set_aside_orphans(directory, set())
@@ -301,7 +304,7 @@ def _tuner(
             name=RAY_DIR,
             storage_path=storage_path,
             storage_filesystem=ray_filesystem,
-            callbacks=[StudyCallback(directory, resolved, optuna_storage)],
+            callbacks=[StudyCallback(directory, resolved, optuna_storage), RayTrialLinesToLog()],
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             stop=stopper,
             verbose=0,

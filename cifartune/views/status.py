@@ -90,12 +90,12 @@ def _duration(seconds: float) -> str:
 
 
 def budget_lines(study: StudyData, now: dt.datetime, *, live: bool) -> list[str]:
-    """The study's stop reason where its budget ended it, and while it may still run, what it
-    spent of each limit and what is left (a running driver's time counted up to `now`)."""
+    """The study's stop reason where its budget ended it, and what it spent of each limit and
+    what is left (a running driver's time counted up to `now`)."""
     lines = []
     if study.meta.get("stop_reason"):
         lines.append(f"stopped: {study.meta['stop_reason']}")
-    if not study.spec.get("budget") or study.meta.get("state") == "completed":
+    if not study.spec.get("budget"):
         return lines
     try:
         budget = BudgetSpec.model_validate(study.spec["budget"])

@@ -170,3 +170,34 @@ def test_unwritable_storage_is_refused_before_ray_starts(tmp_path):
     result = run_cli(["run", str(REPO / "studies" / "smoke.yaml"), "--storage", str(blocker / "x")])
     assert result.returncode == 2
     assert "storage: cannot write results to" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_readmes_first_train_command_learns(tmp_path):
+    # The tour's first command, as a newcomer pastes it (only --out moved to a temp dir): its
+    # best validation top-1 is well above chance (10%), not a diverged run.
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    (command,) = [line for line in text.splitlines() if "cifartune train --set" in line]
+    args = command.split("cifartune ", 1)[1].split()
+    args[args.index("--out") + 1] = str(tmp_path / "first")
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(run_epochs(tmp_path / "first")["val/top1"].max()) > 25.0
+
+
+def test_a_dry_run_that_no_trial_could_start_here_exits_2_saying_why(capsys):
+    spec = str(REPO / "studies" / "smoke.yaml")
+    # 1,024 CPUs a trial: more than any machine the suite runs on.
+    assert main(["run", spec, "--dry-run", "--set", "resources.cpus=1024"]) == 2
+    captured = capsys.readouterr()
+    assert "0 trial(s) at once (limited by CPUs)" in captured.out  # the plan is still shown
+    assert "each trial needs 1024 CPUs, which this machine does not have" in captured.err
+    assert main(["run", spec, "--dry-run"]) == 0
+
+
+def test_resume_help_names_every_key_a_resume_may_set(capsys):
+    with pytest.raises(SystemExit):
+        main(["resume", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key in ("base.data.dir", "base.data.download", "budget.wall", "budget.gpu_hours",
+                "budget.cpu_hours", "budget.target"):  # fmt: skip
+        assert key in text, key

@@ -106,6 +106,9 @@ def test_overrides_reach_space_variants_and_base():
     ("extra", "message"),
     [
         ({"nmae": "x"}, "nmae: unknown key; did you mean 'name'"),
+        # A trial-config key at the spec's top level: pointed into base, not to a look-alike.
+        ({"epochs": 2}, "epochs: unknown key; did you mean 'base.epochs'?"),
+        ({"lr": 0.1}, "lr: unknown key; did you mean 'base.optim.lr'?"),
         ({"repeats": "three"}, "repeats = 'three'"),
         ({"space": {"optim.lr": []}}, "space.optim.lr"),
         (

@@ -89,6 +89,7 @@ def test_rebuild_from_parquet_mirrors_every_trial(tmp_path):
     mirrored = by_trial_id(study)
     assert sorted(mirrored) == sorted(data.trials["trial_id"]) and len(study.trials) == 8
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert study.metric_names == ["val/top1"]  # what optuna-dashboard calls the objective
     for row in data.trials.to_dict("records"):
         trial = mirrored[row["trial_id"]]
         epochs = data.epochs[data.epochs["trial_id"] == row["trial_id"]]

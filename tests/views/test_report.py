@@ -11,6 +11,7 @@ from scipy import stats as scipy_stats
 
 from cifartune.store.study_data import StudyData, read_study
 from cifartune.views.reports import build_report, difference, estimate
+from cifartune.views.reports.document import Report, Section, Table, render_html, render_markdown
 from cifartune.views.reports.stats import fmt_estimate, overfitting_table, t95
 from cifartune.views.reports.verdicts import Outcome, effect
 
@@ -393,3 +394,16 @@ def test_report_of_a_real_ray_study(real_study, tmp_path):
     trials = table_after(text, "All trials")
     assert all(t in trials for t in study.trials["trial_id"])
     assert "Seed reproduction" in text and "+ standardization" in text
+
+
+def test_code_spans_are_code_in_the_page_and_backticks_in_the_summary(tmp_path):
+    section = Section("PBT", paragraphs=["replay it with `cifartune train --replay r/<a>`"])
+    section.tables.append(Table("of `b`", pd.DataFrame({"trial": ["`b`"]}), note="see `c`"))
+    report = Report("r", tmp_path, [section])
+    page = render_html(report)
+    assert "`" not in page
+    for code in ("cifartune train --replay r/&lt;a&gt;", "b", "c"):
+        assert f"<code>{code}</code>" in page
+    assert "`cifartune train --replay r/&lt;a&gt;`" in render_markdown(
+        Report("r", tmp_path, [section])
+    )

@@ -18,9 +18,10 @@ from cifartune.study.recorder import StudyRecorder, TrialEvent
 from cifartune.views.reports import build_report
 from cifartune.views.reports.figures_cost import fig_timing
 from cifartune.views.reports.figures_curves import fig_trial_curves
-from cifartune.views.reports.figures_search import fig_lr_batch_heatmap
+from cifartune.views.reports.figures_search import fig_factors, fig_lr_batch_heatmap
 from cifartune.views.reports.plotting import data_axes
 
+from ..store.test_optuna_mirror import asha_study
 from ..support import REPO, fabricate_study
 from .test_report import OPTUNA_SPEC, ablation_study, grid_study, table_after
 
@@ -275,3 +276,18 @@ def test_a_failed_study_is_reported_as_failed_with_its_error(tmp_path):
     trials = table_after(html, "All trials")
     assert trials.count(error) == 2 and "failed" in trials
     assert "No trial has a validation result." in html
+
+
+def test_factors_draw_drawn_values_on_an_axis_and_say_which_epoch_they_compare(tmp_path):
+    # An Optuna + ASHA study of 8 trials: lr and batch size come from ranges, a value axis
+    # however few trials drew them (not 8 categories named with 17 digits); trials ran
+    # different epochs, which the figure itself says, not only its caption.
+    study = read_study(asha_study(tmp_path))
+    plot = fig_factors(study)
+    assert plot is not None
+    by_label = {ax.get_xlabel(): ax for ax in plot.figure.axes}
+    assert by_label["learning rate"].get_xscale() == "log"
+    drawn = sorted(by_label["batch size"].collections[0].get_offsets()[:, 0])
+    scored = study.trials.dropna(subset=["best_metric"])
+    assert set(drawn) <= set(scored["config/batch_size"].astype(float))  # values, not positions
+    assert "at epoch 1" in plot.figure.get_suptitle()

@@ -19,6 +19,8 @@ import pandas as pd
 
 from .plotting import Plot, data_axes
 
+CODE_SPAN = re.compile(r"`([^`]+)`")
+
 
 class Html(str):
     """Markup built by the report code (its inserted values already escaped): written as is."""
@@ -33,6 +35,13 @@ def esc(value: object) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "–"
     return html.escape(str(value))
+
+
+def prose(value: object) -> str:
+    """Text for HTML as :func:`esc` makes it, with its Markdown code spans (a command or a
+    trial id between backticks, written so for the Markdown summary) as ``<code>``."""
+    text = esc(value)
+    return text if isinstance(value, Html) else CODE_SPAN.sub(r"<code>\1</code>", text)
 
 
 def tag(name: str, text: object, css: str = "") -> Html:
@@ -117,7 +126,7 @@ th{background:#f2f2f7} tr:nth-child(even) td{background:#fafafa}
 table.sortable th{cursor:pointer} table.sortable th:after{content:" \\2195";color:#8e8e93}
 figure{margin:1em 0 2em} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption,.note{font-size:.9em;color:#3a3a3c;margin-top:4px} nav a{margin-right:12px}
-.meta{color:#6e6e73;font-size:.9em}
+.meta{color:#6e6e73;font-size:.9em} code{background:#f2f2f7;padding:0 3px;border-radius:3px}
 .ok{color:#1a7f37;font-weight:600} .no{color:#b42318;font-weight:600}
 .unsure{color:#9a6700;font-weight:600}
 """
@@ -144,16 +153,16 @@ def table_html(table: Table) -> str:
     css = " class='sortable'" if table.sortable else ""
     head = "".join(f"<th>{esc(c)}</th>" for c in table.frame.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{prose(v)}</td>" for v in row) + "</tr>"
         for row in table.frame.itertuples(index=False)
     )
     # Sorting is the HTML page's: the Markdown summary does not say it.
     notes = [table.note] if table.note else []
     if table.sortable:
         notes.append("Click a column header to sort (the table reads the same without scripts).")
-    note = "".join(f"<p class='note'>{esc(n)}</p>" for n in notes)
+    note = "".join(f"<p class='note'>{prose(n)}</p>" for n in notes)
     return (
-        f"<h3>{esc(table.caption)}</h3><div class='table-wrap'><table{css}><thead><tr>{head}"
+        f"<h3>{prose(table.caption)}</h3><div class='table-wrap'><table{css}><thead><tr>{head}"
         f"</tr></thead><tbody>{body}</tbody></table></div>{note}"
     )
 
@@ -172,13 +181,13 @@ def render_html(report: Report) -> str:
     parts.append("</nav>")
     for section in sections:
         parts.append(f"<h2 id='{anchor(section.title)}'>{esc(section.title)}</h2>")
-        parts += [f"<p>{esc(p)}</p>" for p in section.paragraphs]
+        parts += [f"<p>{prose(p)}</p>" for p in section.paragraphs]
         parts += [table_html(t) for t in section.tables]
         for stem, caption in section.figures:
             data = base64.b64encode(report.images[stem]).decode()
             parts.append(
-                f"<figure id='fig-{esc(stem)}'><img alt='{esc(caption)}' "
-                f"src='data:image/png;base64,{data}'><figcaption>{esc(caption)}"
+                f"<figure id='fig-{esc(stem)}'><img alt='{esc(caption.replace('`', ''))}' "
+                f"src='data:image/png;base64,{data}'><figcaption>{prose(caption)}"
                 "</figcaption></figure>"
             )
     parts.append(f"<script>{SORT_JS}</script></body></html>")

@@ -14,7 +14,7 @@ from cifartune.store.study_data import StudyData
 
 from .naming import LOG_KEYS, fmt, metric_digits, short
 from .plotting import STOP_COLOR, Plot, join, panel_grid, stop_colors_text, t_errorbar
-from .stats import budget_note, budget_values
+from .stats import budget_note, budget_values, common_budget
 
 LR, BS = CONFIG_PREFIX + "optim.lr", CONFIG_PREFIX + "batch_size"
 
@@ -32,6 +32,15 @@ def _natural(text: str) -> tuple[int, float | str]:
 
 def _logged(key: str) -> bool:
     return short(key) in [short(k) for k in LOG_KEYS]
+
+
+def _drawn(study: StudyData, key: str) -> bool:
+    """Whether a key's values come from a range (a float or int distribution of the space or
+    of PBT's mutations), not from a list: a continuous axis, however few trials drew it."""
+    name = key.removeprefix("config/")
+    mutations = (study.spec.get("scheduler") or {}).get("mutations") or {}
+    dim = {**(study.spec.get("space") or {}), **mutations}.get(name)
+    return isinstance(dim, dict) and dim.get("type") in ("float", "int")
 
 
 def scored(study: StudyData) -> tuple[pd.DataFrame, str]:
@@ -94,20 +103,21 @@ def fig_factors(study: StudyData) -> Plot | None:
     levels, continuous = [], []
     for ax, key in zip(axes, keys, strict=True):
         values = trials[key]
-        if _numeric(values) and values.nunique() > 8:
+        if _numeric(values) and (values.nunique() > 8 or _drawn(study, key)):
             continuous.append(short(key))
             ax.scatter(values.astype(float), trials["value"], s=30, color="C0")
             if _logged(key):
                 ax.set_xscale("log")
         else:
             levels.append(short(key))
-            present = set(values.astype(str))
+            labels = values.map(fmt)  # 0.05, not 0.05000000000000000277
+            present = set(labels)
             order = (
                 [v for v in study.spec["variants"] if v in present]
                 if key == "variant"
                 else sorted(present, key=_natural)
             )
-            data = trials.assign(**{key: values.astype(str)})
+            data = trials.assign(**{key: labels})
             sns.stripplot(
                 data=data, x=key, y="value", order=order, ax=ax, color="0.35", size=5, jitter=0.15
             )
@@ -128,6 +138,8 @@ def fig_factors(study: StudyData) -> Plot | None:
                 for tick in ax.get_xticklabels():
                     tick.set_horizontalalignment("right")
         ax.set(xlabel=short(key), ylabel=label)
+    if common_budget(study) is not None:  # the figure alone says it too, not only its caption
+        fig.suptitle(f"Every trial at epoch {common_budget(study)}, the epoch all of them reached")
     fig.tight_layout()
     caption = join(
         [
