@@ -1,6 +1,10 @@
-"""User-facing errors: the CLI prints their message (exit 2) instead of a traceback."""
+"""User-facing errors: the CLI prints their message (exit 2) instead of a traceback; and the
+exit status of a run stopped by a signal, which the CLI and the study driver both use."""
 
 from __future__ import annotations
+
+# 128 + SIGINT, as a shell reports Ctrl-C: whatever stopped it (SIGINT, SIGTERM, SIGHUP).
+EXIT_INTERRUPTED = 130
 
 
 class CifartuneError(Exception):

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cifartune.config.trial import TrialConfig, load_trial_config
-from cifartune.study.signals import EXIT_INTERRUPTED
+from cifartune.errors import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
-    from cifartune.study.replay import Replay
+    from cifartune.local.replay import Replay
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def _epoch_line(m: dict[str, float]) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from cifartune.study.local import CONFIG_FILE, train_local
+    from cifartune.local.train import CONFIG_FILE, train_local
 
     out: Path = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     replay = _replay(args, out)
@@ -108,8 +108,8 @@ def _replay(args: argparse.Namespace, out: Path) -> Replay | None:
 
     from cifartune.config.files import read_yaml
     from cifartune.errors import ConfigError
-    from cifartune.study.local import REPLAY_FILE
-    from cifartune.study.replay import plan_replay
+    from cifartune.local.replay import plan_replay
+    from cifartune.local.train import REPLAY_FILE
 
     if args.replay is None and args.trial is not None:
         raise ConfigError("--trial: names a trial of --replay RESULTS; pass --replay too")

@@ -13,8 +13,7 @@ from typing import Any
 
 from cifartune.cli.views import _print_summary
 from cifartune.config.resolved import ResolvedSpec
-from cifartune.errors import ConfigError
-from cifartune.study.signals import EXIT_INTERRUPTED
+from cifartune.errors import EXIT_INTERRUPTED, ConfigError
 
 EXIT_FAILED = 1
 

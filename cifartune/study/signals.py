@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cifartune.errors import EXIT_INTERRUPTED
+
 log = logging.getLogger(__name__)
-EXIT_INTERRUPTED = 130
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 # A clean stop with a live runtime takes a few seconds (Tune ends its trials and saves its
 # state); past this, or once the runtime is dead, the watchdog stops the study itself.

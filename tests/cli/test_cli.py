@@ -1,4 +1,6 @@
 import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -201,3 +203,19 @@ def test_resume_help_names_every_key_a_resume_may_set(capsys):
     for key in ("base.data.dir", "base.data.download", "budget.wall", "budget.gpu_hours",
                 "budget.cpu_hours", "budget.target"):  # fmt: skip
         assert key in text, key
+
+
+def test_train_imports_no_ray_optuna_or_study_driver(tmp_path):
+    # What `cifartune train` loads, seen from inside its process: the Ray-free path stays so.
+    code = (
+        "import sys; from cifartune.cli.main import main; "
+        f"code = main(['train', '--set', 'epochs=1', '--set', 'data.source=bundled', "
+        f"'--set', 'data.train_subset=100', '--out', {str(tmp_path / 'o')!r}]); "
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}); "
+        "driver = [m for m in sys.modules if m.startswith('cifartune.study.')]; "
+        "print('LOADED', code, loaded, driver)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LOADED 0 [] []" in result.stdout

@@ -2,6 +2,7 @@ import copy
 import math
 import os
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifartune.config.trial import DataConfig
+from cifartune.config.trial import DataConfig, OptimizerName, ScheduleName
 from cifartune.engine import device, loop, optim
 from cifartune.engine import run as engine_run
 from cifartune.engine.data import CifarArrays, load_bundled
@@ -547,3 +548,16 @@ def test_onecycle_builds_for_runs_of_a_few_steps(steps):
     for _ in range(steps):
         optimizer.step()
         scheduler.step()
+
+
+def test_every_optimizer_and_schedule_the_config_names_has_a_builder_and_no_other_falls_through():
+    assert set(optim.OPTIMIZERS) == set(get_args(OptimizerName))
+    assert set(optim.SCHEDULES) == set(get_args(ScheduleName))
+    p = nn.Parameter(torch.zeros(1))
+    unvalidated = quick_config().optim.model_copy(update={"name": "lion"})
+    with pytest.raises(ConfigError, match=r"optim.name = 'lion': unknown; one of sgd, momentum"):
+        optim.build_optimizer(unvalidated, iter([p]), torch.device("cpu"))
+    sgd = optim.build_optimizer(quick_config().optim, iter([p]), torch.device("cpu"))
+    schedule = quick_config().schedule.model_copy(update={"name": "warmup"})
+    with pytest.raises(ConfigError, match=r"schedule.name = 'warmup': unknown; one of constant"):
+        optim.build_scheduler(schedule, sgd, epochs=2, steps_per_epoch=2)

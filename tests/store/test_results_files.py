@@ -13,9 +13,9 @@ from cifartune.cli.main import main
 from cifartune.config.trial import load_trial_config
 from cifartune.engine import device
 from cifartune.engine.data import describe_source
+from cifartune.local.train import CONFIG_FILE, train_local
 from cifartune.store.optuna_mirror import OptunaMirror
 from cifartune.store.study_data import read_study
-from cifartune.study.local import CONFIG_FILE, train_local
 
 from ..support import REPO, fabricate_study, quick_config, run_cli, run_epochs
 
