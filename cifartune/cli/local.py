@@ -60,10 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         for epoch, changed in schedule.items():
             print(f"  from epoch {epoch}: {_changes(config, changed)}")
     else:
-        if args.resume and args.config is None and not args.overrides:
-            args.config = out / CONFIG_FILE
+        config_file = args.config
+        if args.resume and config_file is None and not args.overrides:
+            config_file = out / CONFIG_FILE
         overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-        config, schedule = load_trial_config(args.config, overrides), {}
+        config, schedule = load_trial_config(config_file, overrides), {}
     bar: tqdm | None = None
 
     def progress(done: int, total: int) -> None:

@@ -43,6 +43,21 @@ def _optuna_storage_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _StorageIsTheResultsRoot(argparse.Action):
+    """``--storage`` is where results go (run, submit) everywhere; a command that reads an
+    Optuna storage takes ``--optuna-storage``, and says so to whoever passes ``--storage``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        parser.error(
+            "--storage is where a study's results go (run, submit); an Optuna storage is "
+            "--optuna-storage URL"
+        )
+
+
+def _results_root_refused(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", action=_StorageIsTheResultsRoot, help=argparse.SUPPRESS)
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Shows each option's default where it has a meaningful one (not None, False or empty)."""
 
@@ -175,18 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws")
     status.set_defaults(func=cmd_status)
 
-    storage_help = "Optuna storage URL (sqlite:///x.db, ...) or journal file (default: "
-    storage_help += "RESULTS_DIR/optuna.journal)"
+    mirror_help = "Optuna storage URL (sqlite:///x.db, ...) or journal file (default: the one "
+    mirror_help += "the study ran with, else RESULTS_DIR/optuna.journal)"
     export = _command(sub, "export-optuna", "mirror a study into an Optuna storage")
     export.add_argument("results", type=Path, help="the study's results directory")
-    export.add_argument("--storage", help=storage_help)
+    export.add_argument("--optuna-storage", metavar="URL", help=mirror_help)
+    _results_root_refused(export)
     export.set_defaults(func=cmd_export_optuna)
 
     dashboard = _command(sub, "dashboard", "optuna-dashboard on a running or finished study")
     dashboard.add_argument("results", type=Path, help="the study's results directory")
     dashboard.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     dashboard.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    dashboard.add_argument("--storage", help=storage_help)
+    dashboard.add_argument("--optuna-storage", metavar="URL", help=mirror_help)
+    _results_root_refused(dashboard)
     dashboard.set_defaults(func=cmd_dashboard)
 
     submit = _command(sub, "submit", "run a study as a Ray Job on a cluster")
@@ -222,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    # What a supervised child reruns (see study.supervise).
+    parser.set_defaults(argv=list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a supervised child reruns
     logging.basicConfig(
         level=logging.WARNING - 10 * args.verbose,
         format="%(asctime)s %(message)s",

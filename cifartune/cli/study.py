@@ -100,19 +100,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = resolve(load_spec(args.spec, args.overrides))
     if args.dry_run:
         return _print_plan(spec, args.address)
-    return _run(spec, args, resume=args.resume)
+    return _run(spec, args, resume=args.resume, storage=args.storage)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from cifartune.config.files import load_yaml_text
     from cifartune.config.resolved import resolve
     from cifartune.config.spec import RESUME_KEYS, resume_may_set
-    from cifartune.config.validation import build_spec
-    from cifartune.store.layout import SPEC_FILE
+    from cifartune.store.directory import StudyDirectory
     from cifartune.store.study_data import read_study
 
     study = read_study(args.results)  # a clear error for what is not a study
-    directory = study.directory
+    stored = StudyDirectory(study.directory)
     for override in args.overrides:
         key = override.partition("=")[0].strip()
         if not resume_may_set(key):
@@ -123,28 +121,28 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if key.startswith("budget") and study.meta.get("state") == "completed":
             ended = study.meta.get("stop_reason") or "every trial finished"
             raise ConfigError(
-                f"--set {override}: study {directory.name} is completed ({ended}), and a "
+                f"--set {override}: study {stored.name} is completed ({ended}), and a "
                 "completed study does not continue, whatever its budget: Ray has ended its "
                 "trials. A budget changes on resume for an interrupted study; to train more, "
-                f"run the spec as a new study: cifartune run {directory / SPEC_FILE} "
-                f"--set name={directory.name}-more --set {override}"
+                f"run the spec as a new study: cifartune run {stored.spec_file} "
+                f"--set name={stored.name}-more --set {override}"
             )
-    stored = directory / SPEC_FILE
-    spec = build_spec(load_yaml_text(stored.read_text(), str(stored)), args.overrides)
+    spec = stored.spec(args.overrides)
+    if spec.name != stored.name:
+        raise ConfigError(f"{stored}: holds study {spec.name!r}; pass its own directory")
     # The stored spec names the study; its parent is the storage, wherever it has moved to.
-    args.storage = directory.parent.uri
-    if spec.name != directory.name:
-        raise ConfigError(f"{directory}: holds study {spec.name!r}; pass its own directory")
-    return _run(resolve(spec), args, resume=True)
+    return _run(resolve(spec), args, resume=True, storage=study.directory.parent.uri)
 
 
-def _run(spec: ResolvedSpec, args: argparse.Namespace, *, resume: bool) -> int:
-    from cifartune.store.layout import STUDY_FILE
+def _run(
+    spec: ResolvedSpec, args: argparse.Namespace, *, resume: bool, storage: str | None
+) -> int:
     from cifartune.study.driver import RunOptions, run_study, study_directory
     from cifartune.study.signals import stop_on_signals
     from cifartune.study.supervise import end_own_session, run_supervised, supervised
 
-    directory = study_directory(spec.spec, args.storage)
+    study = study_directory(spec.spec, storage)
+    directory = study.location
     if supervised():
         # Registered before ray.init registers its shutdown, so it runs after it.
         atexit.register(end_own_session)
@@ -168,7 +166,7 @@ def _run(spec: ResolvedSpec, args: argparse.Namespace, *, resume: bool) -> int:
         options = RunOptions(
             address=args.address,
             resume=resume,
-            storage=args.storage,
+            storage=storage,
             verbose=args.verbose > 0,
             restart_errored=getattr(args, "restart_errored", False),
             optuna_storage=args.optuna_storage,
@@ -184,7 +182,7 @@ def _run(spec: ResolvedSpec, args: argparse.Namespace, *, resume: bool) -> int:
         outcome = None
     if outcome is not None and outcome.already_completed:
         print(f"the study is already {outcome.state}; nothing to do")
-    if not (directory / STUDY_FILE).is_file():  # stopped before its first trial: nothing kept
+    if not study.holds_study():  # stopped before its first trial: nothing kept
         print("study stopped before any trial ran; nothing was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     _print_summary(directory, hint=False)  # the hint comes once, below

@@ -79,14 +79,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export_optuna(args: argparse.Namespace) -> int:
     from cifartune.store.optuna_mirror import export_optuna, load_study_code, storage_location
 
-    args.storage = args.storage or _stored_optuna_storage(args.results)
-    mirror = export_optuna(args.results, args.storage)
+    storage = args.optuna_storage or _stored_optuna_storage(args.results)
+    mirror = export_optuna(args.results, storage)
     name = mirror.study.study_name
-    where = storage_location(args.results, args.storage)
+    where = storage_location(args.results, storage)
     print(f"Optuna study {name!r}: {len(mirror.study.trials)} trials in {where}")
-    print("open it in Python with:\n" + load_study_code(args.results, args.storage, name))
-    storage = f" --storage {args.storage}" if args.storage else ""
-    print(f"or in a browser with: cifartune dashboard {args.results}{storage}")
+    print("open it in Python with:\n" + load_study_code(args.results, storage, name))
+    option = f" --optuna-storage {storage}" if storage else ""
+    print(f"or in a browser with: cifartune dashboard {args.results}{option}")
     return 0
 
 
@@ -99,7 +99,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"optuna-dashboard: {url}  (Ctrl-C to stop)", flush=True)
 
-    storage = args.storage or _stored_optuna_storage(args.results)
+    storage = args.optuna_storage or _stored_optuna_storage(args.results)
     serve_dashboard(args.results, host=args.host, port=args.port, storage_url=storage, ready=ready)
     return 0
 

@@ -258,6 +258,24 @@ def build_spec(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> StudyS
     return spec
 
 
+# Spec keys earlier versions wrote that mean nothing now: dropped from a stored spec (a resumed
+# or replayed study of that version) before it is validated.
+RETIRED_SPEC_KEYS = ("checkpoint.keep",)
+
+
+def build_stored_spec(tree: Mapping[str, Any], overrides: Iterable[str] = ()) -> StudySpec:
+    """A spec a results directory holds, validated like a new one, without RETIRED_SPEC_KEYS."""
+    current = json.loads(json.dumps(tree, default=str))
+    for key in RETIRED_SPEC_KEYS:
+        *sections, last = key.split(".")
+        node = current
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return build_spec(current, overrides)
+
+
 def load_spec(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
     """Read, merge ``--set`` overrides into, and fully validate the study spec at `path`."""
     return build_spec(read_yaml(path), overrides)

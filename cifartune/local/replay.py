@@ -18,15 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from cifartune.config.files import load_yaml_text
 from cifartune.config.resolved import ResolvedSpec, resolve
 from cifartune.config.spec import SEED_KEY, VARIANT_KEY
 from cifartune.config.trial import TrialConfig
-from cifartune.config.validation import build_spec
 from cifartune.errors import ConfigError
-from cifartune.storage import Location
 from cifartune.store.columns import CONFIG_PREFIX
-from cifartune.store.layout import SPEC_FILE, STUDY_FILE
+from cifartune.store.directory import StudyDirectory
 from cifartune.store.lineage import final_values, lineage_schedule
 from cifartune.store.study_data import StudyData, read_study
 
@@ -74,14 +71,14 @@ def best_trial(study: StudyData) -> str:
 def plan_replay(where: str, trial_id: str | None = None) -> Replay:
     """The replay of `trial_id` (default: the study's best trial) of the study in `where`,
     which may also name the trial itself: RESULTS/TRIAL."""
-    directory = Location.of(where)
-    if not (directory / STUDY_FILE).is_file() and (directory.parent / STUDY_FILE).is_file():
-        if trial_id not in (None, directory.name):
+    stored, named = StudyDirectory.naming_trial(where)
+    if named is not None:
+        if trial_id not in (None, named):
             raise ConfigError(f"--trial {trial_id}: --replay {where} already names a trial")
-        directory, trial_id = directory.parent, directory.name
+        trial_id = named
+    directory = stored.location
     study = read_study(directory)
-    spec_file = directory / SPEC_FILE
-    resolved = resolve(build_spec(load_yaml_text(spec_file.read_text(), str(spec_file))))
+    resolved = resolve(stored.spec())
     trial_id = trial_id or best_trial(study)
     epochs = study.epochs
     if trial_id not in set(epochs["trial_id"]):

@@ -19,8 +19,9 @@ from cifartune.store.columns import (
     STARTED_AT,
     TRIAL_COLUMNS,
 )
+from cifartune.store.directory import StudyDirectory
 from cifartune.store.epochs import EpochReader
-from cifartune.store.layout import SPEC_FILE, STUDY_FILE, TEST_FILE
+from cifartune.store.layout import STUDY_FILE, TEST_FILE
 from cifartune.store.lineage import read_lineage
 from cifartune.store.summary import in_force_at_best, resummarize
 from cifartune.store.tables import as_timestamps, read_optional_table
@@ -88,8 +89,6 @@ def read_study(where: Path | str | Location, reader: EpochReader | None = None) 
     """Load a study results directory (a path or URI), or raise StudyDirError saying what is
     missing. `reader` keeps the epoch files it read, for a caller that reads the study again
     (they never change: only new files are read)."""
-    import yaml
-
     directory = Location.of(where)
     meta_path = directory / STUDY_FILE
     if not meta_path.is_file():
@@ -103,8 +102,7 @@ def read_study(where: Path | str | Location, reader: EpochReader | None = None) 
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise StudyDirError(f"{meta_path}: unreadable ({exc})") from None
-    spec_path = directory / SPEC_FILE
-    spec = (yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else None) or {}
+    spec = StudyDirectory(directory).spec_tree()
     # The trial table first: epochs read after it are at least as new as its states.
     trials = read_trial_rows(directory)
     epochs = (reader or EpochReader()).study_frame(directory)

@@ -10,7 +10,7 @@ from cifartune.config.resolved import ResolvedSpec
 from cifartune.config.spec import StudySpec
 from cifartune.errors import ConfigError
 from cifartune.storage import Location
-from cifartune.store.layout import SPEC_FILE
+from cifartune.store.directory import StudyDirectory
 from cifartune.store.metadata import STALE_AFTER_S, StudyMetadata, describe_driver, driver_gone
 
 
@@ -30,12 +30,11 @@ def check_writable(directory: Location) -> None:
 def spec_changes(directory: Location, spec: StudySpec, most: int = 6) -> str:
     """What differs between the spec a study directory holds and `spec`, key by key."""
     from cifartune.config.base import flatten
-    from cifartune.config.files import load_yaml_text
 
-    stored_path = directory / SPEC_FILE
-    if not stored_path.is_file():
+    tree = StudyDirectory(directory).spec_tree()
+    if not tree:
         return "its spec.yaml is missing"
-    stored = flatten(load_yaml_text(stored_path.read_text(), str(stored_path)))
+    stored = flatten(tree)
     new = flatten(spec.model_dump(mode="json"))
     keys = [
         k

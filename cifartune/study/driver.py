@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import yaml
 
 from cifartune.config.resolved import ResolvedSpec
 from cifartune.config.spec import StudySpec
@@ -27,18 +26,11 @@ from cifartune.store.checkpoints import (
     set_aside_orphans,
 )
 from cifartune.store.columns import EFFECTIVE_PREFIX
+from cifartune.store.directory import StudyDirectory
 from cifartune.store.epochs import convert_legacy as convert_legacy_epochs
-from cifartune.store.layout import (
-    EPOCHS_DIR,
-    LOCK_FILE,
-    RAY_DIR,
-    SPEC_FILE,
-    TEST_FILE,
-)
 from cifartune.store.lineage import open_barrier
 from cifartune.store.metadata import StudyMetadata, describe_driver, now
 from cifartune.store.study_data import read_study
-from cifartune.store.tables import atomic_write_text, write_table
 from cifartune.store.trial_states import FINAL_STATES, stop_unfinished
 from cifartune.store.trial_states import convert_legacy as convert_legacy_trials
 from cifartune.study.claim import check_writable, claim
@@ -84,12 +76,9 @@ class StudyOutcome:
     error: str | None = None  # failed: the most common error of its trials
 
 
-def study_directory(spec: StudySpec, storage: str | None = None) -> Location:
+def study_directory(spec: StudySpec, storage: str | None = None) -> StudyDirectory:
     """``<storage>/<name>``: a local directory or an object-store URI (see ``storage``)."""
-    try:
-        return Location.of(storage or spec.storage) / spec.name
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"storage = {storage or spec.storage!r}: {exc}") from None
+    return StudyDirectory.of_study(storage or spec.storage, spec.name)
 
 
 def run_study(
@@ -108,24 +97,26 @@ def run_study(
     """
     from filelock import FileLock, Timeout
 
-    directory = study_directory(spec.spec, options.storage)
+    study = study_directory(spec.spec, options.storage)
+    directory = study.location
     describe_source(spec.base.data, also=spec.data_probes)
     fresh = not directory.exists()
     check_writable(directory)
     # One driver per study: a file lock on a local disk; in an object store, which has none,
     # the claim below refuses a study whose driver's heartbeat is fresh.
-    lock = FileLock(str((directory / LOCK_FILE).local_path)) if directory.local else None
+    lock_file = study.lock_file()
+    lock = FileLock(str(lock_file)) if lock_file is not None else None
     try:
         if lock is not None:
             # A few seconds: a driver killed with its supervisor may still be exiting.
             lock.acquire(timeout=3)
     except Timeout:
-        holder = StudyMetadata(directory).read() or {}
+        holder = study.metadata().read() or {}
         raise ConfigError(
             f"{directory} is in use by another cifartune run ({describe_driver(holder)}); "
             f"follow it with: cifartune status {directory}, or use another --storage"
         ) from None
-    metadata = StudyMetadata(directory)
+    metadata = study.metadata()
     failed_before_trials = False
 
     def force_stop() -> None:
@@ -139,9 +130,9 @@ def run_study(
 
     try:
         with stop_deadline(force_stop, local_runtime_dead):
-            return _run_locked(spec, directory, metadata, options)
+            return _run_locked(spec, study, metadata, options)
     except BaseException:
-        failed_before_trials = fresh and not any((directory / EPOCHS_DIR).files(recursive=True))
+        failed_before_trials = fresh and not study.has_epochs()
         if metadata.data and not failed_before_trials:
             metadata.write(state="interrupted", finished=now())
         raise
@@ -154,9 +145,9 @@ def run_study(
 
 
 def _run_locked(
-    resolved: ResolvedSpec, directory: Location, metadata: StudyMetadata, options: RunOptions
+    resolved: ResolvedSpec, study: StudyDirectory, metadata: StudyMetadata, options: RunOptions
 ) -> StudyOutcome:
-    spec = resolved.spec
+    spec, directory = resolved.spec, study.location
     previous = claim(directory, resolved, options.resume)
     ended = previous.get("state") if previous is not None else None
     if ended == "completed" or (ended == "failed" and not options.restart_errored):
@@ -183,9 +174,7 @@ def _run_locked(
     metadata.start_heartbeat()
     if previous is not None:
         _convert_legacy_layout(directory)
-    atomic_write_text(
-        directory / SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    )
+    study.write_spec(spec)
     from cifartune.study.budget import BudgetScheduler, budgeted
     from cifartune.study.search import scheduler as study_scheduler
 
@@ -202,7 +191,7 @@ def _run_locked(
         check_trials_fit(spec.resources.cpus, spec.resources.gpus)
         optuna_storage = metadata.data["optuna_storage"]
         tuner = _tuner(
-            resolved, directory, arrays, previous, options, scheduler, stopper, optuna_storage
+            resolved, study, arrays, previous, options, scheduler, stopper, optuna_storage
         )
         tuner.fit()
     trials = _read_trials(directory)
@@ -215,9 +204,9 @@ def _run_locked(
         state = "failed"
     elif finished:
         state = "completed"
-        test = score_best_on_test(resolved, arrays, trials, directory)
+        test = score_best_on_test(resolved, arrays, trials, study)
         if not test.empty:
-            write_table(test, directory / TEST_FILE)
+            study.write_test(test)
     else:
         state = "interrupted"
     metadata.stop_heartbeat()
@@ -233,7 +222,7 @@ def _run_locked(
 
 def _tuner(
     resolved: ResolvedSpec,
-    directory: Location,
+    study: StudyDirectory,
     arrays: CifarArrays,
     previous: dict[str, Any] | None,
     options: RunOptions,
@@ -252,13 +241,13 @@ def _tuner(
     from cifartune.study.search import search_algorithm, search_space
     from cifartune.study.trainable import train_trial
 
-    spec = resolved.spec
+    spec, directory = resolved.spec, study.location
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, arrays=arrays, spec=resolved, directory=str(directory)),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
-    storage_path, ray_filesystem = directory.for_ray()
-    ray_path = f"{storage_path}/{RAY_DIR}"
+    storage_path, ray_name, ray_filesystem = study.ray_state()
+    ray_path = f"{storage_path}/{ray_name}"
     if previous is not None and tune.Tuner.can_restore(ray_path, ray_filesystem):
         if options.restart_errored:
             for trial_id in _errored_trials(directory):
@@ -301,7 +290,7 @@ def _tuner(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=RAY_DIR,
+            name=ray_name,
             storage_path=storage_path,
             storage_filesystem=ray_filesystem,
             callbacks=[StudyCallback(directory, resolved, optuna_storage), RayTrialLinesToLog()],

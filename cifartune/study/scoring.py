@@ -8,15 +8,14 @@ import pandas as pd
 
 from cifartune.config.resolved import ResolvedSpec
 from cifartune.engine.data import CifarArrays
-from cifartune.storage import Location
 from cifartune.store.checkpoints import load_state
-from cifartune.store.layout import BEST, checkpoint_dir
+from cifartune.store.directory import StudyDirectory
 
 log = logging.getLogger(__name__)
 
 
 def score_best_on_test(
-    resolved: ResolvedSpec, arrays: CifarArrays, trials: pd.DataFrame, directory: Location
+    resolved: ResolvedSpec, arrays: CifarArrays, trials: pd.DataFrame, study: StudyDirectory
 ) -> pd.DataFrame:
     """Score each repeat of the spec's ``test_best`` best configurations once on the test set, from
     its best-validation checkpoint (``best.pt``, saved whenever the metric improved). Ranking
@@ -37,7 +36,7 @@ def score_best_on_test(
     device = resolve_device("auto")
     for rank, group in enumerate(best_groups, start=1):
         for trial in scored[scored["group"] == group].itertuples():
-            path = checkpoint_dir(directory, str(trial.trial_id)) / BEST
+            path = study.best_checkpoint(str(trial.trial_id))
             if not path.is_file():
                 log.warning("trial %s has no best checkpoint; not scored on test", trial.trial_id)
                 continue

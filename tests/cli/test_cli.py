@@ -219,3 +219,13 @@ def test_train_imports_no_ray_optuna_or_study_driver(tmp_path):
                             timeout=300, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LOADED 0 [] []" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["export-optuna", "dashboard"])
+def test_storage_means_the_results_root_everywhere(tmp_path, capsys, command):
+    # An Optuna storage is --optuna-storage, for run and resume as for these two.
+    with pytest.raises(SystemExit) as done:
+        main([command, str(tmp_path), "--storage", "sqlite:///x.db"])
+    assert done.value.code == 2
+    assert "--storage is where a study's results go (run, submit); an Optuna storage is " \
+        "--optuna-storage URL" in capsys.readouterr().err

@@ -124,8 +124,8 @@ def test_export_optuna_prints_code_that_opens_the_mirror(tmp_path, capsys):
     assert len(scope["study"].trials) == 2
     assert f"cifartune dashboard {study}" in out
     sqlite = f"sqlite:///{tmp_path / 'm.db'}"
-    assert main(["export-optuna", str(study), "--storage", sqlite]) == 0
-    assert f"cifartune dashboard {study} --storage {sqlite}" in capsys.readouterr().out
+    assert main(["export-optuna", str(study), "--optuna-storage", sqlite]) == 0
+    assert f"cifartune dashboard {study} --optuna-storage {sqlite}" in capsys.readouterr().out
 
 
 def test_global_options_work_after_the_command_too(tmp_path):

@@ -14,7 +14,7 @@ from cifartune.engine.model import build_model
 from cifartune.storage import Location
 from cifartune.store.checkpoints import save_state
 from cifartune.store.columns import trial_keys
-from cifartune.store.layout import BEST, checkpoint_dir
+from cifartune.store.directory import StudyDirectory
 from cifartune.study.epoch_search import EpochOptunaSearch
 from cifartune.study.scoring import score_best_on_test
 from cifartune.study.search import search_algorithm, search_space
@@ -98,7 +98,7 @@ def test_best_configurations_by_mean_over_repeats_scored_from_their_best_checkpo
             "test_best": test_best,
         }
     )
-    directory = Location.of(tmp_path)
+    study = StudyDirectory(tmp_path)
     # lucky has the single best trial (90) but the worse mean (50 < 60).
     best = {("lucky", 0): 90.0, ("lucky", 1): 10.0, ("steady", 0): 60.0, ("steady", 1): 60.0}
     rows, group_of = [], {}
@@ -109,9 +109,9 @@ def test_best_configurations_by_mean_over_repeats_scored_from_their_best_checkpo
         group_of[variant] = keys["group"]
         model = build_model(config.model, image_size=32)
         state = {"epoch": n + 1, "metric": value, "model": model.state_dict(), "sample": sample}
-        save_state(state, checkpoint_dir(directory, f"t{n}") / BEST)
+        save_state(state, study.best_checkpoint(f"t{n}"))
         rows.append({**keys, "best_metric": value, "best_epoch": 3})
-    test = score_best_on_test(resolve(spec), synthetic_arrays(), pd.DataFrame(rows), directory)
+    test = score_best_on_test(resolve(spec), synthetic_arrays(), pd.DataFrame(rows), study)
     assert test["group"].drop_duplicates().tolist() == [group_of[v] for v in scored_groups]
     assert test["rank"].tolist() == [r for r in range(1, test_best + 1) for _ in range(2)]
     # Each repeat once, from its own best checkpoint (the epoch stored in best.pt).
