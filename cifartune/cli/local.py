@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cifartune.cli.arguments import Command, trial_config_args
 from cifartune.config.trial import TrialConfig, load_trial_config
 from cifartune.errors import EXIT_INTERRUPTED
 
@@ -161,3 +162,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{spec.search.algorithm} search, {spec.scheduler.name} scheduler; data: {data})"
     )
     return 0
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune train``'s arguments."""
+    trial_config_args(parser)
+    parser.add_argument("--out", type=Path, help="output directory (default runs/train-<time>)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides `device`")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--replay",
+        metavar="RESULTS[/TRIAL]",
+        help="train a study's trial again from scratch with the hyperparameters it had at each "
+        "epoch (a PBT trial's schedule, following its exploits); RESULTS is the study's "
+        "results directory (path or URI), TRIAL one of its trial ids (default: the best)",
+    )
+    parser.add_argument("--trial", help="with --replay: the trial (default: the study's best)")
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune inspect``'s arguments."""
+    trial_config_args(parser)
+
+
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune validate``'s arguments."""
+    parser.add_argument("spec", type=Path, help="the study spec (YAML), e.g. studies/smoke.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key as run would, e.g. --set base.epochs=2 (repeatable)",
+    )
+
+
+TRAIN = Command(
+    "train", "train one configuration locally, without Ray", _train_arguments, cmd_train
+)
+INSPECT = Command(
+    "inspect", "print the network's layer table (seed Q7, Q10)", _inspect_arguments, cmd_inspect
+)
+VALIDATE = Command(
+    "validate", "check a study spec fully; start nothing", _validate_arguments, cmd_validate
+)

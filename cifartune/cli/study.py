@@ -9,8 +9,10 @@ import atexit
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
+from cifartune.cli.arguments import Command, optuna_storage_arg
 from cifartune.cli.views import _print_summary
 from cifartune.config.resolved import ResolvedSpec
 from cifartune.errors import EXIT_INTERRUPTED, ConfigError
@@ -134,9 +136,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run(resolve(spec), args, resume=True, storage=study.directory.parent.uri)
 
 
-def _run(
-    spec: ResolvedSpec, args: argparse.Namespace, *, resume: bool, storage: str | None
-) -> int:
+def _run(spec: ResolvedSpec, args: argparse.Namespace, *, resume: bool, storage: str | None) -> int:
     from cifartune.study.driver import RunOptions, run_study, study_directory
     from cifartune.study.signals import stop_on_signals
     from cifartune.study.supervise import end_own_session, run_supervised, supervised
@@ -225,3 +225,88 @@ def cmd_submit(args: argparse.Namespace) -> int:
     status, code, message = submit.outcome(address, job_id)
     print(f"job {job_id} {status}" + (f": {message}" if message else ""))
     return code
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune run``'s arguments."""
+    parser.add_argument("spec", type=Path, help="the study spec (YAML), e.g. studies/smoke.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. --set base.epochs=2 --set space.optim.lr=[0.1]",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    parser.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    optuna_storage_arg(parser)
+    parser.add_argument(
+        "--storage", help="results root, a directory or URI (default: the spec's storage)"
+    )
+
+
+def _resume_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune resume``'s arguments."""
+    parser.add_argument("results", help="the study's results directory (path or URI)")
+    errored = parser.add_mutually_exclusive_group()
+    errored.add_argument(
+        "--skip-errored",
+        dest="restart_errored",
+        action="store_false",
+        help="keep trials that failed (after their retries) as errors (default)",
+    )
+    errored.add_argument(
+        "--restart-errored",
+        dest="restart_errored",
+        action="store_true",
+        help="run trials that failed again, from scratch",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="where the data lives (--set base.data.dir=PATH, base.data.download=true) and "
+        "the budget of an interrupted study (--set budget.wall=12h, budget.gpu_hours=..., "
+        "budget.cpu_hours=..., budget.target.val/top1=80)",
+    )
+    parser.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    optuna_storage_arg(parser)
+    parser.set_defaults(restart_errored=False)
+
+
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune submit``'s arguments."""
+    parser.add_argument("spec", type=Path, help="the study spec, inside --working-dir")
+    parser.add_argument(
+        "--address",
+        help="the head's Jobs server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
+    parser.add_argument("--storage", help="results root every node reaches, e.g. s3://BUCKET/X")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, passed on to the job's cifartune run (repeatable)",
+    )
+    parser.add_argument(
+        "--working-dir", type=Path, default=Path("."), help="uploaded with the job (default: .)"
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="stream the job's logs; exit with its status"
+    )
+
+
+RUN = Command("run", "run a study on Ray Tune", _run_arguments, cmd_run)
+RESUME = Command(
+    "resume",
+    "continue an interrupted study from its results directory",
+    _resume_arguments,
+    cmd_resume,
+)
+SUBMIT = Command("submit", "run a study as a Ray Job on a cluster", _submit_arguments, cmd_submit)

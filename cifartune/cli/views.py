@@ -8,6 +8,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from cifartune.cli.arguments import MIRROR_HELP, Command, results_root_refused
+
 
 def _print_summary(where: Any, *, hint: bool = True) -> None:
     from cifartune.store.metadata import describe_driver, driver_gone, lock_is_free
@@ -121,3 +123,48 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"summary {report.out / 'summary.md'})"
     )
     return 0
+
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune status``'s arguments."""
+    parser.add_argument("results", help="the study's results directory (path or URI)")
+    parser.add_argument("--watch", action="store_true", help="redraw until the study stops")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between redraws")
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune export-optuna``'s arguments."""
+    parser.add_argument("results", type=Path, help="the study's results directory")
+    parser.add_argument("--optuna-storage", metavar="URL", help=MIRROR_HELP)
+    results_root_refused(parser)
+
+
+def _dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune dashboard``'s arguments."""
+    parser.add_argument("results", type=Path, help="the study's results directory")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    parser.add_argument("--optuna-storage", metavar="URL", help=MIRROR_HELP)
+    results_root_refused(parser)
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cifartune report``'s arguments."""
+    parser.add_argument("results", nargs="+", help="study results directories (paths or URIs)")
+    parser.add_argument("--out", type=Path, help="output directory (default reports/<study>)")
+    parser.add_argument("--title", help="report title")
+
+
+STATUS = Command("status", "summarize a running or finished study", _status_arguments, cmd_status)
+EXPORT_OPTUNA = Command(
+    "export-optuna", "mirror a study into an Optuna storage", _export_arguments, cmd_export_optuna
+)
+DASHBOARD = Command(
+    "dashboard",
+    "optuna-dashboard on a running or finished study",
+    _dashboard_arguments,
+    cmd_dashboard,
+)
+REPORT = Command(
+    "report", "HTML + Markdown report of one or several studies", _report_arguments, cmd_report
+)

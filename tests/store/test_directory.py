@@ -39,6 +39,6 @@ def test_a_path_may_name_a_trial_of_the_study(tmp_path):
 
 
 def test_a_directory_without_a_spec_says_so(tmp_path):
-    with pytest.raises(StudyDirError, match="no spec.yaml; the study never started here"):
+    with pytest.raises(StudyDirError, match=r"no spec\.yaml; the study never started here"):
         StudyDirectory(tmp_path).spec()
     assert not StudyDirectory(tmp_path).holds_study()
