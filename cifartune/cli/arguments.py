@@ -27,16 +27,16 @@ MIRROR_HELP = (
 )
 
 
+def overrides_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable), into ``args.overrides``; `help` says which keys."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def trial_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="trial config YAML (defaults otherwise)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=0.01 (repeatable)",
-    )
+    overrides_arg(parser, "override a config key, e.g. --set optim.lr=0.01 (repeatable)")
 
 
 def optuna_storage_arg(parser: argparse.ArgumentParser) -> None:

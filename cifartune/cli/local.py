@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cifartune.cli.arguments import Command, trial_config_args
+from cifartune.cli.arguments import Command, overrides_arg, trial_config_args
 from cifartune.config.trial import TrialConfig, load_trial_config
 from cifartune.errors import EXIT_INTERRUPTED
 
@@ -188,13 +188,9 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 def _validate_arguments(parser: argparse.ArgumentParser) -> None:
     """``cifartune validate``'s arguments."""
     parser.add_argument("spec", type=Path, help="the study spec (YAML), e.g. studies/smoke.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec key as run would, e.g. --set base.epochs=2 (repeatable)",
+    overrides_arg(
+        parser,
+        "override a spec key as run would, e.g. --set base.epochs=2 (repeatable)",
     )
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cifartune.cli.arguments import Command, optuna_storage_arg
+from cifartune.cli.arguments import Command, optuna_storage_arg, overrides_arg
 from cifartune.cli.views import _print_summary
 from cifartune.config.resolved import ResolvedSpec
 from cifartune.errors import EXIT_INTERRUPTED, ConfigError
@@ -230,13 +230,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     """``cifartune run``'s arguments."""
     parser.add_argument("spec", type=Path, help="the study spec (YAML), e.g. studies/smoke.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec key, e.g. --set base.epochs=2 --set space.optim.lr=[0.1]",
+    overrides_arg(
+        parser,
+        "override a spec key, e.g. --set base.epochs=2 --set space.optim.lr=[0.1]",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study")
@@ -263,13 +259,9 @@ def _resume_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run trials that failed again, from scratch",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="where the data lives (--set base.data.dir=PATH, base.data.download=true) and "
+    overrides_arg(
+        parser,
+        "where the data lives (--set base.data.dir=PATH, base.data.download=true) and "
         "the budget of an interrupted study (--set budget.wall=12h, budget.gpu_hours=..., "
         "budget.cpu_hours=..., budget.target.val/top1=80)",
     )
@@ -286,13 +278,9 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
         help="the head's Jobs server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
     )
     parser.add_argument("--storage", help="results root every node reaches, e.g. s3://BUCKET/X")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec key, passed on to the job's cifartune run (repeatable)",
+    overrides_arg(
+        parser,
+        "override a spec key, passed on to the job's cifartune run (repeatable)",
     )
     parser.add_argument(
         "--working-dir", type=Path, default=Path("."), help="uploaded with the job (default: .)"
