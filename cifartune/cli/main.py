@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -20,6 +21,7 @@ from cifartune.errors import CifartuneError
 COMMANDS = (TRAIN, INSPECT, VALIDATE, RUN, RESUME, STATUS, EXPORT_OPTUNA, DASHBOARD, SUBMIT, REPORT)
 EXIT_USAGE = 2
 EXIT_STORAGE = 74  # EX_IOERR
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, as a shell reports a tool its reader left
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
@@ -88,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at exit
+        return code
+    except BrokenPipeError:
+        # Whoever read the output went away (`cifartune status DIR | head -3`): stop quietly,
+        # as a shell's tools do, with nothing more written to the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except OSError as exc:
         # A full disk or a lost mount: say which file and stop; finished work is already on disk
         # (every results file is replaced atomically, so none is left half-written).

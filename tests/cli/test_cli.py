@@ -1,3 +1,4 @@
+import os
 import signal
 import subprocess
 import sys
@@ -229,3 +230,16 @@ def test_storage_means_the_results_root_everywhere(tmp_path, capsys, command):
     assert done.value.code == 2
     assert "--storage is where a study's results go (run, submit); an Optuna storage is " \
         "--optuna-storage URL" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # `cifartune inspect | head -1`, made certain: the pipe's read end is closed before the
+    # command writes anything.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "cifartune", "inspect"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr[-2000:]
