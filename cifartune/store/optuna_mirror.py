@@ -65,6 +65,13 @@ JOURNAL_FILE = "optuna.journal"
 TRIAL_ID_ATTR = "trial_id"
 EXPLOITS_ATTR = "exploits"  # a PBT member's lineage (see OptunaMirror._exploits)
 AT_BEST_ATTR = "at_best_epoch"  # a PBT member's values in force at its best epoch
+# What a PBT study's params mean, said in the study itself (a study user attribute).
+PARAMS_ATTR = "params"
+PBT_PARAMS = (
+    "population-based training: a trial's params are the values it started with; the values in "
+    f"force at its best epoch are its {AT_BEST_ATTR!r} attribute, its exploits its "
+    f"{EXPLOITS_ATTR!r} attribute"
+)
 # Trial-row columns copied to user attributes where present (the rest are params).
 USER_ATTR_COLUMNS = (
     "trial_id", "ray_trial_id", "group", "variant", "seed", "state", "stop_reason", "epochs_run",
@@ -188,6 +195,8 @@ class OptunaMirror:
                 f"{spec['name']!r} with direction {self.study.direction.name.lower()}, but "
                 f"{self.metric} is to {direction.name.lower()} here; use another --storage"
             )
+        if self.pbt and self.study.user_attrs.get(PARAMS_ATTR) != PBT_PARAMS:
+            self.study.set_user_attr(PARAMS_ATTR, PBT_PARAMS)
         if self.study.metric_names != [self.metric]:  # optuna-dashboard's "Objective 0"
             with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

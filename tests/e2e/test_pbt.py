@@ -150,10 +150,9 @@ def test_a_killed_pbt_study_resumes_its_population_and_replays_its_best_schedule
     assert set(lineage["donor_trial_id"]) <= set(study.trials["trial_id"])
 
     # The Optuna mirror: one trial per member, its exploits as an attribute.
-    mirrored = {
-        t.user_attrs["trial_id"]: t
-        for t in optuna.load_study(study_name="pbt", storage=open_storage(results)).trials
-    }
+    mirror = optuna.load_study(study_name="pbt", storage=open_storage(results))
+    assert "a trial's params are the values it started with" in mirror.user_attrs["params"]
+    mirrored = {t.user_attrs["trial_id"]: t for t in mirror.trials}
     assert sorted(mirrored) == sorted(study.trials["trial_id"])
     for trial_id, taken in lineage.sort_values("epoch").groupby("trial_id"):
         exploits = [f"{row.epoch} from trial {row.donor_trial_id}" for row in taken.itertuples()]
