@@ -1,7 +1,8 @@
 """One study's results directory, and the one owner of its layout (:mod:`.layout`): where each
-of its files lives, its stored spec (typed, also when an older version wrote it), its metadata,
-and the study read back. The driver, the CLI, local training and the views reach a study's
-files through it, never by joining paths or parsing its YAML themselves.
+of its files lives, its stored spec (typed, also when an older version wrote it) and its
+metadata. The driver, resume, the claim, replay, scoring and ``read_study`` reach those files
+through it rather than joining paths or parsing spec.yaml themselves; the epoch and trial files
+are still read by :mod:`.epochs` and :mod:`.trial_states`.
 """
 
 from __future__ import annotations
