@@ -150,8 +150,17 @@ class Location:
                 yield Location(self.filesystem, info.path, self.scheme)
 
     def read_bytes(self) -> bytes:
-        with self.filesystem.open_input_file(self.path) as handle:
-            return bytes(handle.read())
+        """The file's bytes; FileNotFoundError for a file deleted, also between an object
+        store's HEAD and GET (which pyarrow raises as a plain OSError)."""
+        try:
+            with self.filesystem.open_input_file(self.path) as handle:
+                return bytes(handle.read())
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if self.exists():
+                raise
+            raise FileNotFoundError(f"{self}: deleted while read") from exc
 
     def read_text(self) -> str:
         return self.read_bytes().decode()

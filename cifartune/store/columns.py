@@ -48,11 +48,12 @@ def effective_columns(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _FLOAT, _INT, _TEXT, _FLAG = pa.float64(), pa.int64(), pa.string(), pa.bool_()
-UTC_NS = pa.timestamp("ns", tz="UTC")
+# Microseconds: what Delta tables store, so a row reads the same from a file and the table.
+UTC_US = pa.timestamp("us", tz="UTC")
 KEY_TYPES = {"study": _TEXT, "trial_id": _TEXT, "group": _TEXT, "variant": _TEXT, "seed": _INT}
 METRIC_TYPES: dict[str, pa.DataType] = {
     name: _FLOAT for name in ENGINE_METRICS if name not in ("epoch", "diverged", "node_id", "pid")
-} | {"epoch": _INT, "diverged": _FLAG, "node_id": _TEXT, "pid": _INT, ENDED_AT: UTC_NS}
+} | {"epoch": _INT, "diverged": _FLAG, "node_id": _TEXT, "pid": _INT, ENDED_AT: UTC_US}
 EFFECTIVE_TYPES = {
     f"{EFFECTIVE_PREFIX}{key}": kind
     for key, kind in {
@@ -69,7 +70,7 @@ SUMMARY_TYPES = {
     "state": _TEXT, "error": _TEXT, "retries": _INT, "max_epochs": _INT, "epochs_run": _INT,
     "best_epoch": _INT, "best_metric": _FLOAT, "final_val_top1": _FLOAT,
     "final_train_top1": _FLOAT, "time_s": _FLOAT, "stop_reason": _TEXT, "cpu_s": _FLOAT,
-    "reserved_cpu_s": _FLOAT, "reserved_gpu_s": _FLOAT, STARTED_AT: UTC_NS,
+    "reserved_cpu_s": _FLOAT, "reserved_gpu_s": _FLOAT, STARTED_AT: UTC_US,
 }  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from cifartune.store.layout import (
     checkpoint_dir,
 )
 from cifartune.store.metadata import StudyMetadata
+from cifartune.store.snapshot import EPOCHS, has_table
 from cifartune.store.tables import atomic_write_text, write_table
 
 
@@ -67,7 +68,8 @@ class StudyDirectory:
 
     def has_epochs(self) -> bool:
         """Whether any trial has written an epoch."""
-        return any((self.location / EPOCHS_DIR).files(recursive=True))
+        committed = has_table(self.location, EPOCHS)
+        return committed or any((self.location / EPOCHS_DIR).files(recursive=True))
 
     # The study's own files.
 

@@ -7,7 +7,9 @@ one file per finished epoch, holding that epoch's row, written whole (see
 an object store) by the trial's process, and never rewritten. A reader of any kind (pandas over
 a glob, pyarrow.dataset, duckdb, polars), at any moment, sees whole files, each epoch once, and
 rows that only appear; writing epoch 500 costs what writing epoch 1 costs. `writer` is a random
-token of the process that wrote the file, so that a path is never used twice.
+token of the process that wrote the file, so that a path is never used twice. Once the trial
+has finished, the driver commits its rows to the study's epochs table and deletes its files
+(:mod:`.snapshot`): :class:`EpochReader` reads both.
 
 One exception: a trial resumed from a checkpoint older than its rows (``checkpoint.every`` > 1)
 recomputes the epochs after that checkpoint, and first withdraws their rows (and a trial
@@ -33,7 +35,8 @@ import pyarrow as pa
 from cifartune.storage import Location
 from cifartune.store.columns import epoch_types
 from cifartune.store.layout import EPOCHS_DIR, WITHDRAWN_DIR
-from cifartune.store.tables import concat_frames, read_arrow, write_rows
+from cifartune.store.snapshot import EPOCHS, SnapshotCache, read_rows, snapshot_of_trial
+from cifartune.store.tables import read_arrow, write_rows
 
 log = logging.getLogger(__name__)
 EPOCH_FILE = re.compile(r"^(\d+)-([0-9a-f]+)\.parquet$")
@@ -86,21 +89,26 @@ def withdraw(files: Iterable[Location], target: Location) -> None:
 
 
 class EpochReader:
-    """Reads epoch files, each once: they never change, so a file read before is not read
-    again (``status --watch`` and the driver read the same folders over and over). A file a
-    resume withdrew between the listing and the read is skipped."""
+    """Reads a study's epoch rows: the files of trials still running, each once (they never
+    change, so a file read before is not read again: ``status --watch`` and the driver read
+    the same folders over and over), and the finished trials' table, again only when a commit
+    changed it. A file a resume withdrew between the listing and the read is skipped."""
 
     def __init__(self) -> None:
         self._tables: dict[str, pa.Table] = {}
+        self._snapshot = SnapshotCache()
         self.reads = 0  # files read, for the tests and the overhead benchmark
 
     def table(self, file: Location) -> pa.Table | None:
+        try:
+            return self._read(file)
+        except FileNotFoundError:
+            return None
+
+    def _read(self, file: Location) -> pa.Table:
         cached = self._tables.get(file.uri)
         if cached is None:
-            try:
-                cached = read_arrow(file)
-            except FileNotFoundError:
-                return None
+            cached = read_arrow(file)
             self.reads += 1
             self._tables[file.uri] = cached
         return cached
@@ -110,21 +118,36 @@ class EpochReader:
         tables = [self.table(f) for _, f in sorted(epoch_files(folder).items())]
         return [row for t in tables if t is not None for row in t.to_pylist()]
 
-    def study_frame(self, directory: Location) -> pd.DataFrame:
-        """Every epoch row of the study (both layouts), one listing of ``epochs/``."""
+    def trial_rows(self, directory: Location, trial_id: str) -> list[dict[str, Any]]:
+        """A study trial's epoch rows: its files while it runs, the table's once committed."""
+        rows = self.rows(trial_epochs_dir(directory, trial_id))
+        if rows:
+            return rows
+        committed = snapshot_of_trial(directory, EPOCHS, trial_id)
+        return sorted(committed.to_pylist(), key=lambda row: int(row["epoch"]))
+
+    def study_table(self, directory: Location) -> pa.Table | None:
+        """Every epoch row of the study (both file layouts and the table), each epoch once."""
         root = directory / EPOCHS_DIR
-        files = sorted(root.files(".parquet", recursive=True), key=lambda f: f.path)
-        current = {f.uri for f in files}
-        self._tables = {uri: t for uri, t in self._tables.items() if uri in current}
-        tables = [self.table(f) for f in files if f.parent.path == root.path or epoch_of(f)]
-        return concat_frames([t for t in tables if t is not None])
+
+        def pending() -> list[pa.Table]:
+            files = sorted(root.files(".parquet", recursive=True), key=lambda f: f.path)
+            current = {f.uri for f in files}
+            self._tables = {uri: t for uri, t in self._tables.items() if uri in current}
+            # A file gone since the listing was committed (read again) or withdrawn.
+            return [self._read(f) for f in files if f.parent.path == root.path or epoch_of(f)]
+
+        return read_rows(directory, EPOCHS, pending, cache=self._snapshot)
+
+    def study_frame(self, directory: Location) -> pd.DataFrame:
+        table = self.study_table(directory)
+        return pd.DataFrame() if table is None else table.to_pandas()
 
 
 def metric_by_epoch(uri: str, metric: str, trial_id: str) -> dict[int, float]:
     """A trial's value of `metric` per epoch, from the files of the study at `uri` (a path or
     URI, so that the function and its arguments pickle: Ray pickles the searcher holding it)."""
-    folder = trial_epochs_dir(Location.of(uri), trial_id)
-    rows = EpochReader().rows(folder)
+    rows = EpochReader().trial_rows(Location.of(uri), trial_id)
     return {int(row["epoch"]): float(row[metric]) for row in rows if row.get(metric) is not None}
 
 

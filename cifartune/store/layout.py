@@ -6,6 +6,7 @@ prefix). What a reader may see of each, and when, is in docs/results.md.
   epochs/<trial>/<e>-<w>.parquet  one row per finished epoch, written once by the trial
   trials/<trial>/<seq>.parquet    the trial at each change of state, written once by the driver
   lineage/<trial>/<e>-<w>.parquet each exploit of a PBT trial, written once by the trial
+  tables/epochs, tables/trials    finished trials' rows as Delta tables, committed by the driver
   test.parquet                    test-set scores of the best configurations, written once
   budget.json                     the budget's limit the study reached, written once
   checkpoints/<trial>/            latest.pt, best.pt, failed.txt: the trial's own, for resume
@@ -37,6 +38,7 @@ WITHDRAWN_DIR = "withdrawn"
 TRIALS_DIR = "trials"
 BUDGET_FILE = "budget.json"
 LINEAGE_DIR = "lineage"
+TABLES_DIR = "tables"
 
 
 def checkpoint_dir(directory: Location, trial_id: str) -> Location:

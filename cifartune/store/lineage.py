@@ -16,12 +16,14 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import pandas as pd
+import pyarrow.compute as pc
 
 from cifartune.config.sections import MUTABLE_KEYS
 from cifartune.storage import Location
-from cifartune.store.columns import CONFIG_PREFIX, KEY_TYPES, UTC_NS, config_types
+from cifartune.store.columns import CONFIG_PREFIX, KEY_TYPES, UTC_US, config_types
 from cifartune.store.epochs import epoch_files, epoch_of, epoch_path
 from cifartune.store.layout import EPOCHS_DIR, LINEAGE_DIR
+from cifartune.store.snapshot import EPOCHS, open_table
 from cifartune.store.tables import concat_frames, read_arrow, write_rows
 
 FROM, TO = "from/", "to/"
@@ -40,7 +42,7 @@ def lineage_types() -> dict[str, Any]:
         "epoch": KEY_TYPES["seed"],
         "donor_trial_id": KEY_TYPES["trial_id"],
         "donor_epoch": KEY_TYPES["seed"],
-        "time/at": UTC_NS,
+        "time/at": UTC_US,
         **changes,
     }
 
@@ -117,10 +119,15 @@ def final_values(epochs: pd.DataFrame, metric: str, mode: str) -> pd.Series:
 def open_barrier(directory: Location, perturbation_epochs: Collection[int]) -> int | None:
     """The first perturbation epoch a population-based training study has not passed: no trial
     has an epoch file after it and no trial took another's state there (a barrier passed before
-    a kill shows in either). None when every one is passed. File names only, no file read but
-    the lineage's."""
+    a kill shows in either). None when every one is passed. File names, the lineage and the
+    epoch column of finished members' table."""
     root = directory / EPOCHS_DIR
     newest = max((epoch_of(f) or 0 for f in root.files(".parquet", recursive=True)), default=0)
+    table = open_table(directory, EPOCHS)
+    if table is not None:
+        newest = max(
+            newest, pc.max(table.to_pyarrow_table(columns=["epoch"])["epoch"]).as_py() or 0
+        )
     exploited = {int(e) for e in read_lineage(directory).get("epoch", [])}
     open_ones = [p for p in sorted(perturbation_epochs) if p >= newest and p not in exploited]
     return open_ones[0] if open_ones else None

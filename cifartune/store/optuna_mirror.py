@@ -307,7 +307,8 @@ class OptunaMirror:
         ``config/*``)."""
         return {
             key: _plain(row.get(START_PREFIX + key, row.get(CONFIG_PREFIX + key)))
-            if key != VARIANT_KEY else _plain(row.get(key))
+            if key != VARIANT_KEY
+            else _plain(row.get(key))
             for key in self.distributions
         }
 

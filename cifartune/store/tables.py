@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cifartune.storage import Location
-from cifartune.store.columns import ENDED_AT, UTC_NS
+from cifartune.store.columns import ENDED_AT, UTC_US
 
 
 def atomic_write_bytes(path: Path | Location, payload: bytes) -> None:
@@ -55,9 +55,9 @@ def rows_table(
     columns = {}
     for name in names:
         values = [record.get(name) for record in records]
-        kind = kinds.get(name, UTC_NS if name == ENDED_AT else None)
-        if kind == UTC_NS:
-            values = [_nanoseconds(v) for v in values]
+        kind = kinds.get(name, UTC_US if name == ENDED_AT else None)
+        if kind == UTC_US:
+            values = [_microseconds(v) for v in values]
         columns[name] = pa.array(values, type=kind, from_pandas=True)
     return pa.table(columns)
 
@@ -73,13 +73,13 @@ def write_rows(
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def _nanoseconds(value: Any) -> int | None:
-    """Unix seconds as measured, or a timestamp read back from a file, as ns since the epoch."""
+def _microseconds(value: Any) -> int | None:
+    """Unix seconds as measured, or a timestamp read back from a file, as µs since the epoch."""
     if _missing(value):
         return None
     if isinstance(value, datetime):
-        return int(pd.Timestamp(value).value)
-    return round(float(value) * 1e9)
+        return int(pd.Timestamp(value).value) // 1000
+    return round(float(value) * 1e6)
 
 
 def as_timestamps(frame: pd.DataFrame, column: str) -> None:
@@ -124,5 +124,5 @@ def read_records(path: Path | Location, keep: Callable[[str], bool] | None = Non
 
 
 def _missing(value: Any) -> bool:
-    """Whether a row's value is missing: None (pyarrow's null), or NaN (a pandas frame's)."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """Whether a row's value is missing: None (pyarrow's null), NaN or NaT (a pandas frame's)."""
+    return value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value))

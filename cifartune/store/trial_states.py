@@ -7,7 +7,8 @@ failed, retried), written whole by the driver and never rewritten. A trial's new
 highest ``seq``) is its current row; its summary columns (epochs run, best epoch and value,
 time) are as of that moment, and cifartune's readers recompute them from the epoch rows, the
 truth. Writes follow state changes, a few per trial, not epochs: their number and cost do not
-grow with the study.
+grow with the study. Once the trial has finished, the driver commits its newest row to the
+trials table and deletes its files (:mod:`.snapshot`).
 
 Studies written by older versions hold one ``trials.parquet``, replaced whole as the study ran;
 :func:`read_trial_rows` reads it where ``trials/`` is missing, and :func:`convert_legacy` turns
@@ -20,11 +21,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from cifartune.storage import Location
 from cifartune.store.columns import trial_types
 from cifartune.store.layout import TRIALS_DIR, TRIALS_FILE, WITHDRAWN_DIR
-from cifartune.store.tables import concat_frames, read_arrow, read_table, write_rows
+from cifartune.store.snapshot import TRIALS, read_rows
+from cifartune.store.tables import read_arrow, read_table, write_rows
 
 SEQ = "seq"
 # The states of a trial that has ended: Ray's own, and STOPPED (ended by the study's budget).
@@ -35,12 +38,6 @@ def trial_states_dir(directory: Location, trial_id: str) -> Location:
     return directory / TRIALS_DIR / trial_id
 
 
-def last_seq(directory: Location, trial_id: str) -> int:
-    """The sequence number of the trial's newest row; 0 before any (one listing)."""
-    names = [f.stem for f in trial_states_dir(directory, trial_id).files(".parquet")]
-    return max((int(n) for n in names if n.isdigit()), default=0)
-
-
 def write_trial_row(directory: Location, row: Mapping[str, Any], seq: int) -> None:
     """The trial's row as of now, as its `seq`-th (the next after its newest)."""
     path = trial_states_dir(directory, str(row["trial_id"])) / f"{seq:05d}.parquet"
@@ -48,18 +45,28 @@ def write_trial_row(directory: Location, row: Mapping[str, Any], seq: int) -> No
 
 
 def read_trial_rows(directory: Location) -> pd.DataFrame:
-    """Each trial's current row (its newest file, whose ``seq`` it holds), or the older
-    layout's trials.parquet."""
+    """Each trial's current row (its newest, whose ``seq`` it holds): from the files of trials
+    not yet committed and the finished trials' table (:mod:`.snapshot`), or the older layout's
+    trials.parquet."""
     root = directory / TRIALS_DIR
-    newest: dict[str, Location] = {}
-    for file in root.files(".parquet", recursive=True):
-        trial_id = file.parent.name
-        if file.stem.isdigit() and (trial_id not in newest or file.name > newest[trial_id].name):
-            newest[trial_id] = file
-    if not newest:
+
+    def pending() -> list[pa.Table]:
+        newest: dict[str, Location] = {}
+        for file in root.files(".parquet", recursive=True):
+            trial_id = file.parent.name
+            if file.stem.isdigit() and (
+                trial_id not in newest or file.name > newest[trial_id].name
+            ):
+                newest[trial_id] = file
+        return [read_arrow(newest[t]) for t in sorted(newest)]
+
+    rows = read_rows(directory, TRIALS, pending)
+    if rows is None or rows.num_rows == 0:
         legacy = directory / TRIALS_FILE
         return read_table(legacy) if legacy.is_file() else pd.DataFrame()
-    return concat_frames([read_arrow(newest[t]) for t in sorted(newest)])
+    frame = rows.to_pandas()
+    newest_first = frame.sort_values(["trial_id", SEQ], ascending=[True, False], kind="stable")
+    return newest_first.drop_duplicates("trial_id").reset_index(drop=True)
 
 
 def convert_legacy(directory: Location) -> int:

@@ -18,6 +18,7 @@ from cifartune.config.base import flatten
 from cifartune.config.resolved import ResolvedSpec
 from cifartune.storage import Location
 from cifartune.store.checkpoints import set_aside_orphans
+from cifartune.store.committer import commit_trials, uncommitted_finished
 from cifartune.store.optuna_mirror import OptunaMirror
 from cifartune.study.pbt import REPEATED
 from cifartune.study.recorder import StudyRecorder, TrialEvent
@@ -25,6 +26,9 @@ from cifartune.study.recorder import StudyRecorder, TrialEvent
 log = logging.getLogger(__name__)
 # Seconds between two updates of the Optuna mirror while the study runs.
 MIRROR_EVERY_S = 5.0
+# Seconds between two commits of finished trials to the study's tables (store.snapshot): a
+# commit costs a few requests whatever its size, and readers read the files until then.
+COMMIT_EVERY_S = 10.0
 
 
 class RayTrialLinesToLog(TrialProgressCallback):
@@ -52,6 +56,8 @@ class StudyCallback(tune.Callback):
         self.mirror: OptunaMirror | None = None
         self._changed: dict[str, dict[str, Any]] = {}  # rows not mirrored yet, by trial
         self._mirrored_at = -float("inf")
+        self._to_commit: set[str] = set()  # finished trials whose files are not committed
+        self._committed_at = -float("inf")
 
     def setup(self, *args: Any, **info: Any) -> None:
         spec = self.spec
@@ -68,6 +74,8 @@ class StudyCallback(tune.Callback):
         self.mirror = self._open_mirror()
         self._changed = {}
         self._mirrored_at = -float("inf")
+        self._to_commit = set()
+        self._committed_at = time.monotonic()
 
     def _open_mirror(self) -> OptunaMirror | None:
         """The study's Optuna mirror (optuna.journal beside the results, or --optuna-storage);
@@ -114,8 +122,12 @@ class StudyCallback(tune.Callback):
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        self._recorder.record_complete(trial.trial_id)
+        finished = self._recorder.record_complete(trial.trial_id)
         self._sync(trials, trial)
+        if finished:
+            self._to_commit.add(trial.trial_id)
+        if self._to_commit and time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
+            self._commit()
         if "epoch" in (trial.last_result or {}):
             log.info("trial %s finished", trial.trial_id)
         else:  # stopped before it started: the study's budget was spent
@@ -142,6 +154,20 @@ class StudyCallback(tune.Callback):
         self._sync(trials)
         self._update_mirror()
         set_aside_orphans(self.directory, {t.trial_id for t in trials})
+        # Every finished trial's files, a killed predecessor's included.
+        self._to_commit |= uncommitted_finished(self.directory)
+        self._commit(final=True)
+
+    def _commit(self, final: bool = False) -> None:
+        """Commit the finished trials' files (the mirror has read their rows first)."""
+        self._update_mirror()
+        trial_ids, self._to_commit = self._to_commit, set()
+        self._committed_at = time.monotonic()
+        try:
+            commit_trials(self.directory, trial_ids, final=final)
+        except Exception as exc:  # the files stay the truth: the next commit takes them
+            log.warning("finished trials not committed to the study's tables yet (%s)", exc)
+            self._to_commit |= trial_ids
 
     def _sync(self, trials: list[Trial], touched: Trial | None = None) -> None:
         """The trial rows, for the trial the event is about and, when a scan is due, any trial

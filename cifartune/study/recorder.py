@@ -34,6 +34,7 @@ from cifartune.store.columns import (
     trial_keys,
 )
 from cifartune.store.epochs import epoch_files, trial_epochs_dir
+from cifartune.store.snapshot import EPOCHS, snapshot_of_trial
 from cifartune.store.summary import reserved, summarize_epochs
 from cifartune.store.tables import as_timestamps, read_records
 from cifartune.store.trial_states import SEQ, read_trial_rows, write_trial_row
@@ -121,9 +122,16 @@ class StudyRecorder:
     def trial_epochs(self, trial_id: str) -> list[dict[str, Any]]:
         """The trial's epoch rows in epoch order, the columns its summary and the Optuna mirror
         use: one listing of its folder, and a read of each file not read before (they never
-        change; a withdrawn one is dropped)."""
+        change; a withdrawn one is dropped). A finished trial's files are committed to the
+        study's table and deleted: its rows are read from there once."""
         files = epoch_files(trial_epochs_dir(self.directory, trial_id))
         cached = self._epochs.setdefault(trial_id, {})
+        if not files and trial_id in self._finished:
+            if not cached:
+                committed = snapshot_of_trial(self.directory, EPOCHS, trial_id).to_pylist()
+                rows = [{k: v for k, v in r.items() if self._summary_column(k)} for r in committed]
+                cached.update({int(r["epoch"]): ("", r) for r in rows})
+            return [row for _, (_, row) in sorted(cached.items())]
         for epoch in set(cached) - set(files):
             del cached[epoch]
         for epoch, file in files.items():
@@ -144,12 +152,14 @@ class StudyRecorder:
     def record_start(self, trial_id: str) -> None:
         self._started[trial_id] = time.time()
 
-    def record_complete(self, trial_id: str) -> None:
-        """Ray reported the trial complete: finished, unless the budget stopped it."""
+    def record_complete(self, trial_id: str) -> bool:
+        """Ray reported the trial complete: finished (and True), unless the budget stopped
+        it."""
         if self._budget_spent():
-            return
+            return False
         self._finished.add(trial_id)
         record_finished(self.directory, trial_id)
+        return True
 
     def scan_due(self) -> bool:
         """Whether every trial's Ray state is due to be looked at (see ``SCAN_EVERY_S``)."""

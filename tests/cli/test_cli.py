@@ -228,8 +228,10 @@ def test_storage_means_the_results_root_everywhere(tmp_path, capsys, command):
     with pytest.raises(SystemExit) as done:
         main([command, str(tmp_path), "--storage", "sqlite:///x.db"])
     assert done.value.code == 2
-    assert "--storage is where a study's results go (run, submit); an Optuna storage is " \
+    assert (
+        "--storage is where a study's results go (run, submit); an Optuna storage is "
         "--optuna-storage URL" in capsys.readouterr().err
+    )
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback():
