@@ -13,10 +13,10 @@ from cifartune.cli.arguments import MIRROR_HELP, Command, results_root_refused
 
 def _print_summary(where: Any, *, hint: bool = True) -> None:
     from cifartune.store.metadata import describe_driver, driver_gone, lock_is_free
-    from cifartune.store.study_data import read_study
+    from cifartune.store.study_data import read_study, status_columns
     from cifartune.views.status import best_line, budget_lines
 
-    study = read_study(where)
+    study = read_study(where, epoch_columns=status_columns)
     directory, meta = study.directory, study.meta
     state = str(meta.get("state"))
     if driver_gone(meta, lock_free=lock_is_free(directory)):

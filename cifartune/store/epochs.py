@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -126,8 +126,11 @@ class EpochReader:
         committed = snapshot_of_trial(directory, EPOCHS, trial_id)
         return sorted(committed.to_pylist(), key=lambda row: int(row["epoch"]))
 
-    def study_table(self, directory: Location) -> pa.Table | None:
-        """Every epoch row of the study (both file layouts and the table), each epoch once."""
+    def study_table(
+        self, directory: Location, columns: Sequence[str] | None = None
+    ) -> pa.Table | None:
+        """Every epoch row of the study (both file layouts and the table), each epoch once;
+        only `columns` (those it has) where given."""
         root = directory / EPOCHS_DIR
 
         def pending() -> list[pa.Table]:
@@ -137,10 +140,12 @@ class EpochReader:
             # A file gone since the listing was committed (read again) or withdrawn.
             return [self._read(f) for f in files if f.parent.path == root.path or epoch_of(f)]
 
-        return read_rows(directory, EPOCHS, pending, cache=self._snapshot)
+        return read_rows(directory, EPOCHS, pending, columns, self._snapshot)
 
-    def study_frame(self, directory: Location) -> pd.DataFrame:
-        table = self.study_table(directory)
+    def study_frame(
+        self, directory: Location, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        table = self.study_table(directory, columns)
         return pd.DataFrame() if table is None else table.to_pandas()
 
 

@@ -121,12 +121,14 @@ class SnapshotCache:
     reader that reads the study again (``status --watch``) reads the table once per commit."""
 
     def __init__(self) -> None:
-        self._version: int | None = None
+        self._read_as: tuple[int, tuple[str, ...] | None] | None = None
         self._rows: pa.Table | None = None
 
-    def rows(self, table: DeltaTable) -> pa.Table:
-        if self._rows is None or table.version() != self._version:
-            self._version, self._rows = table.version(), table.to_pyarrow_table()
+    def rows(self, table: DeltaTable, columns: Sequence[str] | None) -> pa.Table:
+        read_as = (table.version(), None if columns is None else tuple(columns))
+        if self._rows is None or read_as != self._read_as:
+            wanted = None if columns is None else list(columns)
+            self._read_as, self._rows = read_as, table.to_pyarrow_table(columns=wanted)
         return self._rows
 
 
@@ -143,12 +145,12 @@ def read_rows(
         try:
             pending = read_pending()
             table = open_table(directory, kind)
+            wanted = None if columns is None else _present(table, columns)
             if table is None:
                 committed = None
-            elif cache is not None and columns is None:
-                committed = cache.rows(table)
+            elif cache is not None:
+                committed = cache.rows(table, wanted)
             else:
-                wanted = None if columns is None else _present(table, columns)
                 committed = table.to_pyarrow_table(columns=wanted)
         except FileNotFoundError:
             log.debug("%s: a file was committed while read (try %d)", directory, attempt + 1)

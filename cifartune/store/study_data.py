@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from cifartune.store.directory import StudyDirectory
 from cifartune.store.epochs import EpochReader
 from cifartune.store.layout import STUDY_FILE, TEST_FILE
 from cifartune.store.lineage import read_lineage
-from cifartune.store.summary import in_force_at_best, resummarize
+from cifartune.store.summary import SUMMARY_INPUTS, in_force_at_best, resummarize
 from cifartune.store.tables import as_timestamps, read_optional_table
 from cifartune.store.trial_states import read_trial_rows
 
@@ -85,10 +86,25 @@ class StudyData:
         return replace(self, trials=trials)
 
 
-def read_study(where: Path | str | Location, reader: EpochReader | None = None) -> StudyData:
+def status_columns(spec: Mapping[str, Any]) -> list[str]:
+    """The epoch columns `status` reads (of a study's spec tree): what the trial summaries,
+    the budget and the running trials' lines need, not the 70-odd columns a report reads."""
+    metric = str(spec.get("metric", "val/top1"))
+    target = list(((spec.get("budget") or {}).get("target")) or {})
+    mutations = ((spec.get("scheduler") or {}).get("mutations")) or {}
+    keys = ["study", "group", "variant", "seed", *SUMMARY_INPUTS, metric, ENDED_AT, *target]
+    return list(dict.fromkeys([*keys, *(CONFIG_PREFIX + k for k in mutations)]))
+
+
+def read_study(
+    where: Path | str | Location,
+    reader: EpochReader | None = None,
+    epoch_columns: Callable[[Mapping[str, Any]], Sequence[str]] | None = None,
+) -> StudyData:
     """Load a study results directory (a path or URI), or raise StudyDirError saying what is
     missing. `reader` keeps the epoch files it read, for a caller that reads the study again
-    (they never change: only new files are read)."""
+    (they never change: only new files are read). `epoch_columns` (of the spec tree, e.g.
+    :func:`status_columns`) reads only those epoch columns."""
     directory = Location.of(where)
     meta_path = directory / STUDY_FILE
     if not meta_path.is_file():
@@ -105,7 +121,8 @@ def read_study(where: Path | str | Location, reader: EpochReader | None = None) 
     spec = StudyDirectory(directory).spec_tree()
     # The trial table first: epochs read after it are at least as new as its states.
     trials = read_trial_rows(directory)
-    epochs = (reader or EpochReader()).study_frame(directory)
+    columns = None if epoch_columns is None else epoch_columns(spec)
+    epochs = (reader or EpochReader()).study_frame(directory, columns)
     if epochs.empty:  # a study that has not reported yet still has the columns readers use
         epochs = pd.DataFrame(columns=["trial_id", "group", "variant", "seed", *ENGINE_METRICS])
     epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)

@@ -61,21 +61,24 @@ def summarize_epochs(
         if not any(math.isnan(c) for c in cpu):
             summary["cpu_s"] = math.fsum(cpu)
     diverged = bool(run and _flag(epochs[-1].get("diverged")))
+    summary["stop_reason"] = stop_reason(state, run, planned, diverged)
+    return summary
+
+
+def stop_reason(state: str, run: int, planned: int, diverged: bool) -> str:
+    """A trial's outcome from Ray's state, its epochs run and planned, and its last epoch."""
     if state == "ERROR":
-        reason = "error"
-    elif diverged:
-        reason = "diverged"
-    elif state in ("TERMINATED", "STOPPED"):  # STOPPED: by the study's budget
+        return "error"
+    if diverged:
+        return "diverged"
+    if state in ("TERMINATED", "STOPPED"):  # STOPPED: by the study's budget
         stopped_early = "early-stopped" if state == "TERMINATED" else "budget"
-        reason = "completed" if run >= planned else stopped_early
-    elif state == "RUNNING" and run >= planned:
+        return "completed" if run >= planned else stopped_early
+    if state == "RUNNING" and run >= planned:
         # Its last epoch is written: the trial table (which the driver writes at a bounded
         # rate) has not caught up with the epoch rows, which are the truth.
-        reason = "completed"
-    else:
-        reason = state.lower()
-    summary["stop_reason"] = reason
-    return summary
+        return "completed"
+    return state.lower()
 
 
 def reserved(seconds: float, cpus: float, gpus: float) -> dict[str, float]:
@@ -88,15 +91,11 @@ SUMMARY_INPUTS = ("trial_id", "epoch", "val/top1", "train/top1", "time/epoch_s",
                   "diverged")  # fmt: skip
 
 
-def epochs_by_trial(
-    epochs: pd.DataFrame, columns: Sequence[str] | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """Each trial's epoch rows (as dicts, in the frame's order), only `columns` (all without):
-    one conversion of the frame, not one per trial (that grew to seconds at 1,000 trials)."""
+def epochs_by_trial(epochs: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """Each trial's epoch rows (as dicts, in the frame's order): one conversion of the frame,
+    not one per trial (that grew to seconds at 1,000 trials)."""
     if epochs.empty:
         return {}
-    if columns is not None:
-        epochs = epochs[[c for c in dict.fromkeys(columns) if c in epochs]]
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in epochs.to_dict("records"):
         grouped.setdefault(str(row["trial_id"]), []).append(row)
@@ -108,18 +107,67 @@ def resummarize(
 ) -> pd.DataFrame:
     """The trial table with every per-trial summary recomputed from the epoch rows (sorted by
     trial and epoch), the truth: the table on disk may lag behind them (the driver rewrites it
-    at a bounded rate, or died before its last write), and a view must agree with itself."""
+    at a bounded rate, or died before its last write), and a view must agree with itself.
+    What :func:`summarize_epochs` computes for one trial, for all at once in columns: its
+    cost follows the rows, not a Python loop per trial."""
     if trials.empty:
         return trials
-    by_trial = epochs_by_trial(epochs, [*SUMMARY_INPUTS, metric])
-    rows = []
-    for row in trials.to_dict("records"):
-        mine = by_trial.get(row["trial_id"], [])
-        row.update(summarize_epochs(mine, metric, mode, int(row["max_epochs"]), row["state"]))
-        row.update(reserved(row["time_s"], cpus, gpus))
-        row.pop("gpu_s", None)  # older versions' name for reserved_gpu_s
-        rows.append(row)
-    return pd.DataFrame(rows)
+    per_trial = _summaries(epochs, metric, mode)
+    out = trials.drop(columns=["gpu_s"], errors="ignore").copy()  # gpu_s: an older name
+    ids = out["trial_id"].astype(str)
+    for column in per_trial.columns:
+        out[column] = ids.map(per_trial[column])
+    out["epochs_run"] = out["epochs_run"].fillna(0).astype(int)
+    out["time_s"] = out["time_s"].fillna(0.0)
+    for column in ("best_epoch", "best_metric", "final_val_top1", "final_train_top1", "cpu_s"):
+        out[column] = out[column].astype(object).where(out[column].notna(), None)
+    diverged = out.pop("diverged_last").astype(object).fillna(False).astype(bool)
+    out["stop_reason"] = [
+        stop_reason(str(state), run, int(planned), flag)
+        for state, run, planned, flag in zip(
+            out["state"], out["epochs_run"], out["max_epochs"], diverged, strict=True
+        )
+    ]
+    out["reserved_cpu_s"] = out["time_s"] * cpus
+    out["reserved_gpu_s"] = out["time_s"] * gpus
+    return out
+
+
+def _summaries(epochs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """Per trial (the index): epochs run, the first best epoch and value of `metric` (NaN
+    never is), the last epoch's val/train top-1 and diverged flag, wall seconds, and CPU
+    seconds where every epoch measured them."""
+    columns = ["epochs_run", "best_epoch", "best_metric", "final_val_top1", "final_train_top1",
+               "time_s", "cpu_s", "diverged_last"]  # fmt: skip
+    if epochs.empty:
+        return pd.DataFrame(columns=columns)
+    trial = epochs["trial_id"].astype(str)
+
+    def numbers(name: str) -> pd.Series:
+        values = epochs[name] if name in epochs else pd.Series(math.nan, index=epochs.index)
+        if values.dtype == bool:  # a flag is not a metric (metric_value)
+            return pd.Series(math.nan, index=epochs.index)
+        return pd.to_numeric(values, errors="coerce").astype(float)
+
+    value = numbers(metric)
+    valid = value.notna()
+    by_valid = value[valid].groupby(trial[valid], sort=False)
+    best_row = by_valid.idxmax() if mode == "max" else by_valid.idxmin()
+    tails = epochs.groupby(trial, sort=False).tail(1)
+    last = tails.set_index(trial[tails.index])
+    epoch_s, cpu_s = numbers("time/epoch_s"), numbers("time/cpu_s")
+    out = pd.DataFrame(index=pd.Index(trial.unique(), name="trial_id"))
+    out["epochs_run"] = trial.value_counts()
+    out["best_epoch"] = pd.Series(epochs.loc[best_row, "epoch"].to_numpy(), best_row.index)
+    out["best_metric"] = pd.Series(value[best_row].to_numpy(), best_row.index)
+    out["final_val_top1"] = pd.to_numeric(last.get("val/top1"), errors="coerce")
+    out["final_train_top1"] = pd.to_numeric(last.get("train/top1"), errors="coerce")
+    out["time_s"] = epoch_s.groupby(trial).sum()
+    measured = cpu_s.notna().groupby(trial).all()
+    out["cpu_s"] = cpu_s.groupby(trial).sum().where(measured)
+    flags = last["diverged"] if "diverged" in last else pd.Series(False, index=last.index)
+    out["diverged_last"] = flags.map(_flag)
+    return out
 
 
 def in_force_at_best(

@@ -18,7 +18,7 @@ from cifartune.config.sections import BudgetSpec
 from cifartune.errors import CifartuneError
 from cifartune.store.budget import budget_use, left
 from cifartune.store.epochs import EpochReader
-from cifartune.store.study_data import StudyData, read_study
+from cifartune.store.study_data import StudyData, read_study, status_columns
 from cifartune.store.tables import seconds_between
 from cifartune.store.trial_states import FINAL_STATES
 
@@ -227,7 +227,7 @@ def follow(
     frame where no driver runs the study (completed, interrupted, or its driver killed)."""
     reader = EpochReader()  # each epoch file is read once: they never change
     while True:
-        study = read_study(directory, reader)
+        study = read_study(directory, reader, status_columns)
         live = is_live(study)
         yield render_status(study, clock(), live=live)
         if not live:
