@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,16 +57,18 @@ class StudyData:
     def mode(self) -> str:
         return metric_mode(self.metric, self.spec.get("mode"))
 
-    def factor_keys(self) -> list[str]:
+    @functools.cached_property
+    def factor_keys(self) -> tuple[str, ...]:
         """Config columns of the spec's search space that vary across trials (the variants,
-        which change several keys at once, are the ``variant`` column instead)."""
+        which change several keys at once, are the ``variant`` column instead). Cached: a
+        report labels every trial with them."""
         space = self.spec.get("space") or {}
         # A PBT member's mutated keys too, with the values in force at its best epoch.
         mutations = (self.spec.get("scheduler") or {}).get("mutations") or {}
         keys = [
             CONFIG_PREFIX + k for k in {**space, **mutations} if CONFIG_PREFIX + k in self.trials
         ]
-        return [k for k in keys if self.trials[k].astype(str).nunique() > 1]
+        return tuple(k for k in keys if self.trials[k].astype(str).nunique() > 1)
 
     @property
     def pbt(self) -> bool:

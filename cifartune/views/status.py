@@ -42,9 +42,7 @@ def best_line(study: StudyData) -> str:
     best = best_trial(study)
     if best is None:
         return ""
-    factors = " ".join(
-        f"{k.removeprefix('config/')}={_short(best[k])}" for k in study.factor_keys()
-    )
+    factors = " ".join(f"{k.removeprefix('config/')}={_short(best[k])}" for k in study.factor_keys)
     if study.has_variants():
         factors = f"variant={best['variant']} {factors}"
     return (

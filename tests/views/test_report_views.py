@@ -6,6 +6,7 @@ import json
 import re
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 import yaml
 
@@ -15,7 +16,7 @@ from cifartune.config.validation import build_spec, load_spec
 from cifartune.errors import ConfigError
 from cifartune.store.study_data import read_study
 from cifartune.study.recorder import StudyRecorder, TrialEvent
-from cifartune.views.reports import build_report
+from cifartune.views.reports import build, build_report, figures_curves
 from cifartune.views.reports.figures_cost import fig_timing
 from cifartune.views.reports.figures_curves import fig_trial_curves
 from cifartune.views.reports.figures_search import fig_factors, fig_lr_batch_heatmap
@@ -291,3 +292,41 @@ def test_factors_draw_drawn_values_on_an_axis_and_say_which_epoch_they_compare(t
     scored = study.trials.dropna(subset=["best_metric"])
     assert set(drawn) <= set(scored["config/batch_size"].astype(float))  # values, not positions
     assert "at epoch 1" in plot.figure.get_suptitle()
+
+
+def test_past_drawn_curves_the_best_trials_are_drawn_over_a_band_of_all(tmp_path, monkeypatch):
+    monkeypatch.setattr(figures_curves, "DRAWN_CURVES", 4)
+    study = read_study(loss_grid(tmp_path))  # 24 trials; val/loss: lower is better
+    plot = fig_trial_curves(study, [])
+    assert plot is not None
+    ax = plot.figure.axes[0]
+    median = [line for line in ax.lines if line.get_color() == "0.45"]
+    drawn = [line for line in ax.lines if line.get_color() != "0.45"]
+    # The 4 trials with the lowest loss, and no other.
+    lowest = sorted(min(line.get_ydata()) for line in drawn)
+    assert lowest == sorted(study.trials["best_metric"])[:4]
+    # The band and its median summarise all 24 trials, epoch by epoch.
+    per_epoch = study.epochs.groupby("epoch")["val/loss"]
+    assert list(median[0].get_ydata()) == pytest.approx(list(per_epoch.median()))
+    (band,) = ax.collections
+    heights = band.get_paths()[0].vertices[:, 1]
+    assert heights.min() == pytest.approx(per_epoch.quantile(0.1).min())
+    assert heights.max() == pytest.approx(per_epoch.quantile(0.9).max())
+    assert plot.caption.startswith("The 4 best trials' val/loss per epoch, of 24: ")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "all 24 trials: 10th-90th percentile" in legend
+    plt.close(plot.figure)
+
+
+def test_a_large_study_lists_its_best_trials_and_every_trial_in_a_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "SHOWN_TRIALS", 5)
+    out = tmp_path / "out"
+    build_report([loss_grid(tmp_path)], out)
+    listed = pd.read_csv(out / "trials.csv")
+    assert len(listed) == 24
+    losses = pd.to_numeric(listed["best val/loss"])
+    assert losses.is_monotonic_increasing  # val/loss: the lowest first
+    html = (out / "report.html").read_text()
+    assert "The best 5 of 24 trials; all of them are in trials.csv" in html
+    shown = table_after(html, "Trials")
+    assert shown.count("<tr>") == 1 + 5  # its header and the 5 best

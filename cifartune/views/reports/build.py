@@ -30,6 +30,8 @@ from .tables import (
 )
 
 log = logging.getLogger(__name__)
+# Trials listed on the page; a larger study's full list is a CSV file beside it.
+SHOWN_TRIALS = 500
 
 
 def study_rungs(study: StudyData) -> list[int]:
@@ -71,7 +73,7 @@ def state_paragraph(study: StudyData) -> str:
     return f"This study's state is {state!r}: the report covers the {epochs} epochs written."
 
 
-def _head(study: StudyData) -> Section:
+def _head(study: StudyData, out: Path, prefix: str) -> Section:
     head = Section(f"Study {study.name}")
     state = state_paragraph(study)
     if state:
@@ -91,13 +93,25 @@ def _head(study: StudyData) -> Section:
         if not variants.empty:
             head.tables.append(Table("Variants", variants, note=INTERVAL_NOTE))
     trials = all_trials(study)
-    if not trials.empty:
+    if len(trials) > SHOWN_TRIALS:
+        # Every trial in a file beside the report; the page keeps to what a reader scrolls.
+        (out / f"{prefix}trials.csv").write_text(trials.to_csv(index=False))
+        head.tables.append(
+            Table(
+                "Trials",
+                trials.head(SHOWN_TRIALS),
+                note=f"The best {SHOWN_TRIALS} of {len(trials):,} trials; all of them are in "
+                f"{prefix}trials.csv beside this report.",
+                sortable=True,
+            )
+        )
+    elif not trials.empty:
         head.tables.append(Table("All trials", trials, sortable=True))
     return head
 
 
 def study_sections(report: Report, study: StudyData, prefix: str) -> None:
-    report.sections.append(_head(study))
+    report.sections.append(_head(study, report.out, prefix))
     if study.epochs.empty:
         return
     rungs = study_rungs(study)

@@ -145,7 +145,7 @@ def held_values(study: StudyData) -> dict[str, str]:
     first value in the spec; the first variant."""
     space = study.spec.get("space") or {}
     held: dict[str, str] = {}
-    for key in study.factor_keys():
+    for key in study.factor_keys:
         if key in (LR, BS):
             continue
         present = list(dict.fromkeys(study.trials[key].astype(str)))

@@ -58,7 +58,8 @@ def fig_timing(study: StudyData) -> Plot | None:
         seconds, what = compute_seconds(trials)
         unit, how = what.split()
         spent = seconds.sort_values(ascending=False)
-        ax.bar(range(len(spent)), spent / 60, color="C2")
+        # One filled outline rather than a bar per trial: as quick at 10,000 trials as at 10.
+        ax.stairs((spent / 60).to_numpy(), fill=True, color="C2")
         ax.set(
             xlabel=f"{len(spent)} trials, most expensive first",
             ylabel=f"{unit}-minutes {how}",

@@ -10,7 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from cifartune.store.study_data import StudyData
 
@@ -36,6 +39,8 @@ OTHER_END_STYLE = "-."  # running, interrupted
 # Up to this many configurations get a colour each and a name in the legend; beyond, names
 # would hide the curves and colours repeat, so the caption points to the All trials table.
 NAMED_CONFIGURATIONS = 10
+# Curves drawn one by one at most; a larger study's best are drawn over a band of them all.
+DRAWN_CURVES = 100
 
 
 def _splits(frame: pd.DataFrame) -> list[str]:
@@ -176,21 +181,43 @@ def fig_variant_curves(study: StudyData, metric: str) -> Plot | None:
     return Plot(fig, caption, [f"{v}: {name}" for v in order])
 
 
+def _best_trials(study: StudyData, n: int) -> pd.Series:
+    """The ids of the `n` trials with the best values of the study metric."""
+    scored = study.trials.dropna(subset=["best_metric"])
+    ranked = scored.sort_values("best_metric", ascending=study.mode == "min", kind="stable")
+    return ranked["trial_id"].head(n)
+
+
+def _draw_spread(ax: Axes, epochs: pd.DataFrame, metric: str) -> None:
+    """The median and 10th-90th percentile band per epoch over every trial that reached it."""
+    values = epochs[["epoch", metric]].astype(float)
+    values = values[np.isfinite(values[metric])]
+    band = values.groupby("epoch")[metric].quantile([0.1, 0.5, 0.9]).unstack()
+    ax.fill_between(band.index, band[0.1], band[0.9], color="0.85", lw=0, zorder=0)
+    ax.plot(band.index, band[0.5], color="0.45", lw=1.5, ls=(0, (1, 1)), zorder=1)
+
+
 def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
     """Every trial's validation metric per epoch (intermediate values), coloured by its
     configuration and styled by how it stopped; at each ASHA rung, the worst value among the
-    trials that went on past it."""
+    trials that went on past it. Past DRAWN_CURVES trials, the best are drawn over a band that
+    summarises them all."""
     if not _multi_epoch(study) or study.trials.empty:
         return None
     metric = study.metric
     trials = study.trials.set_index("trial_id")
-    groups = list(dict.fromkeys(study.epochs["group"]))
+    total = study.epochs["trial_id"].nunique()
+    fig, ax = plt.subplots(figsize=(10, 4.4))
+    drawn = study.epochs
+    if total > DRAWN_CURVES:
+        _draw_spread(ax, study.epochs, metric)
+        drawn = drawn[drawn["trial_id"].isin(_best_trials(study, DRAWN_CURVES))]
+    groups = list(dict.fromkeys(drawn["group"]))
     named = len(groups) <= NAMED_CONFIGURATIONS
     palette = sns.color_palette("tab10" if named else "husl", len(groups))
     colors = dict(zip(groups, palette, strict=True))
-    fig, ax = plt.subplots(figsize=(10, 4.4))
     ends = set()
-    for trial_id, curve in study.epochs.groupby("trial_id"):
+    for trial_id, curve in drawn.groupby("trial_id"):
         reason = str(trials["stop_reason"].get(trial_id, ""))
         ends.add(reason)
         color = colors[curve["group"].iloc[0]]
@@ -219,7 +246,8 @@ def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
                 fontsize=8,
             )
     first = trials.reset_index().drop_duplicates("group").set_index("group")
-    handles, labels = [], []
+    handles: list[Artist] = []
+    labels: list[str] = []
     if named and len(groups) > 1:
         for group in groups:
             handles.append(Line2D([], [], color=colors[group]))
@@ -231,8 +259,13 @@ def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
             handle.set(marker="X", markerfacecolor="crimson", markeredgecolor="crimson")
         handles.append(handle)
         labels.append(STOP_NAMES.get(reason, reason or "not in the trial table"))
+    summarised = total > DRAWN_CURVES
+    if summarised:
+        handles += [Patch(color="0.85"), Line2D([], [], color="0.45", ls=(0, (1, 1)))]
+        labels += [f"all {total:,} trials: 10th-90th percentile", "all trials: median"]
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.set(xlabel="epoch", ylabel=metric, title=f"every trial's {metric} ({len(trials)} trials)")
+    shown = f"the {DRAWN_CURVES} best of {total:,} trials'" if summarised else "every trial's"
+    ax.set(xlabel="epoch", ylabel=metric, title=f"{shown} {metric}")
     whole_epochs(ax)
     fig.tight_layout()
     if len(groups) == 1:
@@ -241,7 +274,7 @@ def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
         colour = f"one colour per configuration ({len(groups)}, named in the legend)"
     else:
         colour = (
-            f"one colour per configuration ({len(groups)}: too many to name; the All trials "
+            f"one colour per configuration ({len(groups)}: too many to name; the trials "
             "table lists them)"
         )
     # A diverged trial is told by its cross, not by its (solid) line.
@@ -252,7 +285,11 @@ def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
     )
     caption = join(
         [
-            f"Every trial's {metric} per epoch ({study.epochs['trial_id'].nunique()} trials)",
+            f"Every trial's {metric} per epoch ({total} trials)"
+            if not summarised
+            else f"The {DRAWN_CURVES} best trials' {metric} per epoch, of {total:,}: at each "
+            "epoch the grey band spans the middle 80% of the trials that reached it and the "
+            "dotted grey line is their median",
             colour,
             f"line style by how the trial ended ({styles})" if styles else "",
             "a red cross marks a diverged trial's last finite value" if "diverged" in ends else "",
@@ -264,7 +301,7 @@ def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
             else "",
         ]
     )
-    return Plot(fig, caption, [f"every trial's {metric} per epoch"])
+    return Plot(fig, caption, [f"{shown} {metric} per epoch"])
 
 
 def _best_curves(study: StudyData) -> pd.DataFrame:

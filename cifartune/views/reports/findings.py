@@ -233,7 +233,7 @@ def _search(e: Evidence) -> Finding | None:
     if best.empty or seed_best is None or not seed_best.scored or e.ablation is None:
         return None
     trial = e.search.trials.set_index("trial_id").loc[best["trial_id"].iloc[0]]
-    recipe = ", ".join(f"{short(k)} {fmt(trial[k])}" for k in e.search.factor_keys())
+    recipe = ", ".join(f"{short(k)} {fmt(trial[k])}" for k in e.search.factor_keys)
     row = Finding(
         "search",
         "Optuna TPE + ASHA over the same network",

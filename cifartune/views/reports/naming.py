@@ -51,7 +51,7 @@ def fmt(value: object) -> str:
 def config_label(row: pd.Series, study: StudyData) -> str:
     """A configuration's name: its variant and searched values (no seed)."""
     parts = [str(row["variant"])] if study.has_variants() and row.get("variant") else []
-    parts += [f"{short(k)} {fmt(row[k])}" for k in study.factor_keys()]
+    parts += [f"{short(k)} {fmt(row[k])}" for k in study.factor_keys]
     return ", ".join(parts) or "the base configuration"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from cifartune.store.columns import EFFECTIVE_PREFIX
@@ -119,31 +120,33 @@ def _test_of(study: StudyData, ids: pd.Series) -> pd.DataFrame:
 
 
 def best_configurations(study: StudyData, n: int = 5) -> pd.DataFrame:
-    """Configurations (seeds grouped) ranked by mean best validation metric, with test scores."""
+    """Configurations (seeds grouped) ranked by mean best validation metric, with test scores:
+    the `n` best, ranked in columns first (a random search has a configuration per trial)."""
     scored = study.trials.dropna(subset=["best_metric"])
     if scored.empty:
         return pd.DataFrame()
+    means = scored.groupby("group")["best_metric"].mean()
+    best = means.sort_values(ascending=study.mode == "min", kind="stable").head(n).index
     rows = []
-    for _, members in scored.groupby("group"):
+    for group in best:
+        members = scored[scored["group"] == group]
         first = members.iloc[0]
         test = _test_of(study, members["trial_id"])
         row = {"variant": first["variant"]} if study.has_variants() else {}
-        row.update({short(k): fmt(first[k]) for k in study.factor_keys()})
+        row.update({short(k): fmt(first[k]) for k in study.factor_keys})
         row.update(
             {
                 "seeds": len(members),
                 f"best {study.metric}": fmt_estimate(
                     members["best_metric"], metric_digits(study.metric, 2)
                 ),
-                "_sort": members["best_metric"].astype(float).mean(),
                 "best epoch": ", ".join(str(int(e)) for e in members["best_epoch"].dropna()),
                 "test top-1": fmt_estimate(test["test/top1"], 2) if len(test) else "not scored",
                 "stopped": ", ".join(sorted({STOP_NAMES.get(r, r) for r in members.stop_reason})),
             }
         )
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values("_sort", ascending=study.mode == "min")
-    return table.drop(columns="_sort").head(n).reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
 def variant_summary(study: StudyData) -> pd.DataFrame:
@@ -189,23 +192,26 @@ def all_trials(study: StudyData) -> pd.DataFrame:
     frame = pd.DataFrame({"trial": trials["trial_id"]})
     if study.has_variants():
         frame["variant"] = trials["variant"]
-    for key in study.factor_keys():
+    for key in study.factor_keys:
         frame[short(key)] = trials[key].map(fmt)
     if trials["seed"].nunique() > 1:
         frame["seed"] = trials["seed"]
     frame["epochs run"] = trials["epochs_run"]
     frame["stopped"] = trials["stop_reason"].map(lambda r: STOP_NAMES.get(r, r))
     digits = metric_digits(study.metric, 2)
-    frame[f"best {study.metric}"] = trials["best_metric"].map(lambda v: _num(v, digits))
-    frame["best epoch"] = trials["best_epoch"].map(lambda v: _num(v, 0))
-    frame["final train top-1"] = trials["final_train_top1"].map(lambda v: _num(v, 1))
+    frame[f"best {study.metric}"] = _nums(trials["best_metric"], digits)
+    frame["best epoch"] = _nums(trials["best_epoch"], 0)
+    frame["final train top-1"] = _nums(trials["final_train_top1"], 1)
     if not test.empty and "test/top1" in test:
-        frame["test top-1"] = trials["trial_id"].map(test["test/top1"]).map(lambda v: _num(v, 2))
+        frame["test top-1"] = _nums(trials["trial_id"].map(test["test/top1"]), 2)
     seconds, what = compute_seconds(trials)
-    frame[f"{what.replace(' ', '-min ')}"] = (seconds / 60).map(lambda v: _num(v, 1))
+    frame[f"{what.replace(' ', '-min ')}"] = _nums(seconds / 60, 1)
     if "error" in trials and trials["error"].notna().any():
         frame["error"] = trials["error"].map(_first_line)
-    return frame.sort_values(f"best {study.metric}", ascending=False, key=_numeric_key)
+    # Best first in the study's direction; trials without a value last.
+    order = pd.to_numeric(trials["best_metric"], errors="coerce")
+    order = order if study.mode == "min" else -order
+    return frame.iloc[np.argsort(order.to_numpy(dtype=float), kind="stable")]
 
 
 def _first_line(error: object, width: int = 160) -> str:
@@ -217,13 +223,10 @@ def _first_line(error: object, width: int = 160) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def _num(value: object, digits: int) -> str:
-    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
-    return "–" if pd.isna(number) else f"{number:.{digits}f}"
-
-
-def _numeric_key(column: pd.Series) -> pd.Series:
-    return pd.to_numeric(column, errors="coerce")
+def _nums(values: pd.Series, digits: int) -> pd.Series:
+    """Numbers as text with `digits` decimals; '–' where there is none."""
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    return numbers.map(lambda v: "–" if np.isnan(v) else f"{v:.{digits}f}")
 
 
 def overfitting_rows(study: StudyData, others: int = 8) -> pd.DataFrame:
