@@ -18,12 +18,14 @@ from cifartune.store.study_data import read_study
 
 from ..support import (
     TINY_BASE,
+    epoch_rows,
     epochs_so_far,
     run_cli,
     run_epochs,
     start_study,
     stopped_at_exit,
     wait_for,
+    withdrawn_rows,
     write_spec,
 )
 
@@ -87,7 +89,7 @@ def test_a_pbt_study_stopped_while_members_wait_at_a_barrier_meets_there_on_resu
         _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr[-3000:]
     assert read_study(results).meta["state"] == "interrupted"
-    before = _epoch_rows(read_study(results).epochs)
+    before = epoch_rows(read_study(results).epochs)
 
     resumed = run_cli(["resume", str(results)], cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -96,23 +98,12 @@ def test_a_pbt_study_stopped_while_members_wait_at_a_barrier_meets_there_on_resu
     assert set(study.trials["state"]) == {"TERMINATED"}
     for _, rows in study.epochs.groupby("trial_id"):
         assert sorted(rows["epoch"]) == [1, 2, 3, 4, 5, 6]
-    assert before - _withdrawn_rows(results) <= _epoch_rows(study.epochs)
+    assert before - withdrawn_rows(results) <= epoch_rows(study.epochs)
     # The population met at the barrier it was stopped at, and at every one an uninterrupted
     # run meets at, each exploit from a donor at the same epoch.
     assert _barrier_exploits(results) == uninterrupted_exploits, at_stop
     lineage = read_lineage(study.directory)
     assert (lineage["donor_epoch"] == lineage["epoch"]).all()
-
-
-def _epoch_rows(epochs):
-    """Each epoch row as written: its trial, epoch, process and end time (a rerun of the
-    same epoch differs in the last two), whether read from its file or the committed table."""
-    return set(epochs[["trial_id", "epoch", "pid", "time/ended_at"]].itertuples(index=False))
-
-
-def _withdrawn_rows(results):
-    files = sorted((results / "withdrawn").rglob("*.parquet"))
-    return _epoch_rows(pd.concat(map(pd.read_parquet, files))) if files else set()
 
 
 def indexed_epochs(study):
@@ -134,7 +125,7 @@ def test_a_killed_pbt_study_resumes_its_population_and_replays_its_best_schedule
     os.killpg(driver.pid, signal.SIGKILL)
     driver.communicate(timeout=60)
     wait_for(lambda: read_study(results).meta["state"] == "interrupted", timeout=120)
-    before = _epoch_rows(read_study(results).epochs)
+    before = epoch_rows(read_study(results).epochs)
 
     resumed = run_cli(["resume", str(results)], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -146,7 +137,7 @@ def test_a_killed_pbt_study_resumes_its_population_and_replays_its_best_schedule
     # checkpoint (withdrawn, kept aside).
     for _, rows in study.epochs.groupby("trial_id"):
         assert sorted(rows["epoch"]) == [1, 2, 3, 4, 5, 6]
-    assert before - _withdrawn_rows(results) <= _epoch_rows(study.epochs)
+    assert before - withdrawn_rows(results) <= epoch_rows(study.epochs)
 
     # The exploits: at perturbation epochs only, each from a donor at the same epoch.
     lineage = read_lineage(study.directory)

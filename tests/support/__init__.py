@@ -89,7 +89,7 @@ def run_cli(
     )
 
 
-def start_cli(args: Sequence[str], cwd: Path | None = None) -> subprocess.Popen[str]:
+def start_cli(args: Sequence[str], cwd: Path | None = None, **env: str) -> subprocess.Popen[str]:
     """``python -m cifartune ARGS`` as a background process in a session of its own, with the
     default signal dispositions: a test can signal it, or kill it with every process it started
     (:func:`stop_session`)."""
@@ -99,7 +99,7 @@ def start_cli(args: Sequence[str], cwd: Path | None = None) -> subprocess.Popen[
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", **env},
         start_new_session=True,
         preexec_fn=default_signals,
     )
@@ -192,16 +192,28 @@ def write_spec(directory: Path, **fields: Any) -> Path:
     return path
 
 
+def epoch_rows(epochs: pd.DataFrame) -> set[tuple[Any, ...]]:
+    """Each epoch row as written: its trial, epoch, process and end time (a rerun of the same
+    epoch differs in the last two), whether read from its file or the committed table."""
+    return set(epochs[["trial_id", "epoch", "pid", "time/ended_at"]].itertuples(index=False))
+
+
+def withdrawn_rows(results: Path) -> set[tuple[Any, ...]]:
+    """The rows of the epoch files a resume withdrew (an epoch past the last checkpoint)."""
+    files = sorted((results / "withdrawn").rglob("*.parquet"))
+    return epoch_rows(pd.concat(map(pd.read_parquet, files))) if files else set()
+
+
 def epochs_of(results: Path) -> pd.DataFrame:
     from cifartune.store.study_data import read_study
 
     return read_study(results).epochs
 
 
-def start_study(spec: Path, cwd: Path, *args: str) -> Any:
+def start_study(spec: Path, cwd: Path, *args: str, **env: str) -> Any:
     """`cifartune run SPEC --storage CWD/r` as a real background process in a session of its own
     (so a test can signal or kill it with every process it started: helpers.stop_session)."""
-    return start_cli(["run", str(spec), "--storage", str(cwd / "r"), *args], cwd)
+    return start_cli(["run", str(spec), "--storage", str(cwd / "r"), *args], cwd, **env)
 
 
 def wait_for(predicate: Any, timeout: float = 240) -> None:
