@@ -41,18 +41,21 @@ HOOKS = ("on_trial_result", "on_trial_start", "on_trial_complete", "on_trial_err
 
 
 def tiny_spec(name: str, trials: int, slots: int, storage: str) -> Any:
+    from cifartune.config.resolved import resolve
     from cifartune.config.validation import build_spec
 
-    return build_spec(
-        {
-            "name": name,
-            "base": TINY,
-            "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}},
-            "search": {"algorithm": "random", "samples": trials, "seed": 0},
-            "resources": {"cpus": 1, "max_concurrent": slots},
-            "checkpoint": {"every": 1},
-            "storage": storage,
-        }
+    return resolve(
+        build_spec(
+            {
+                "name": name,
+                "base": TINY,
+                "space": {"optim.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}},
+                "search": {"algorithm": "random", "samples": trials, "seed": 0},
+                "resources": {"cpus": 1, "max_concurrent": slots},
+                "checkpoint": {"every": 1},
+                "storage": storage,
+            }
+        )
     )
 
 
