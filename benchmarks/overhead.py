@@ -195,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("overhead-results"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="overhead-"))
+    with tempfile.TemporaryDirectory(prefix="overhead-") as work:
+        return measure(args, Path(work))
+
+
+def measure(args: argparse.Namespace, work: Path) -> int:
+    """Each size through cifartune and plain Ray Tune, then on S3, in `work` (the studies and
+    the S3 server's log); prints a line per run and writes ``overhead.json`` into ``--out``."""
     # The S3 server and its variables come first: every Ray process inherits them.
     s3 = S3Server(work / "moto.log") if args.s3_sizes else None
     import ray
