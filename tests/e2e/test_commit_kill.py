@@ -1,12 +1,11 @@
 """A driver SIGKILLed while it commits finished trials to the study's tables (a preempted node)
 or compacts them: the resumed study ends with every epoch stored once, in the tables, and none
 of the rows written before the kill lost. The kill comes from inside the driver at a given
-moment of its first commit (faults/sitecustomize.py), not from a timed signal."""
+moment of its first commit (support/faults/sitecustomize.py), not from a timed signal."""
 
 import contextlib
 import os
 import signal
-from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
@@ -14,6 +13,8 @@ from deltalake import DeltaTable
 from cifartune.store.study_data import read_study
 
 from ..support import (
+    FAULTS,
+    KILL_DURING_COMMIT,
     epoch_rows,
     run_cli,
     session_processes,
@@ -25,7 +26,6 @@ from ..support import (
 )
 
 pytestmark = pytest.mark.slow
-FAULTS = Path(__file__).parent / "faults"
 KEY = ["trial_id", "epoch"]
 
 
@@ -46,9 +46,7 @@ def test_a_driver_killed_during_a_commit_resumes_with_every_epoch_stored_once(tm
         resources={"cpus": 1, "max_concurrent": 1},
     )
     results = tmp_path / "r" / "tiny"
-    driver = start_study(
-        spec, tmp_path, PYTHONPATH=str(FAULTS), CIFARTUNE_TEST_KILL_DURING_COMMIT=moment
-    )
+    driver = start_study(spec, tmp_path, PYTHONPATH=str(FAULTS), **{KILL_DURING_COMMIT: moment})
     with stopped_at_exit(driver):
         _, stderr = driver.communicate(timeout=300)
         child = read_study(results).meta["driver_pid"]  # the driver, in a session of its own

@@ -3,6 +3,7 @@ during and after a commit, each epoch once, whatever the interleaving of a read 
 a committing process killed at any point leaves nothing lost or doubled once the next commit
 runs; compaction keeps the table's files few."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from cifartune.store.committer import commit_trials, uncommitted_finished
 from cifartune.store.epochs import EpochReader
 from cifartune.store.study_data import read_study
 
-from ..support import fabricate_study
+from ..support import FAULTS, KILL_DURING_COMMIT, fabricate_study
 
 SPEC = {"name": "s", "base": {"epochs": 3}, "space": {"optim.lr": [0.1, 0.05, 0.02]}}
 CURVES = {
@@ -123,30 +124,12 @@ def test_a_file_committed_between_listing_and_read_is_read_again_from_the_table(
     same_rows(reader.study_frame(study), want)
 
 
-KILLER = """
-import os, signal, sys
-import deltalake
+# The committer as the driver runs it, in a process that the faults kill (support.FAULTS).
+COMMIT = """
+import sys
 from cifartune.storage import Location
-from cifartune.store import committer, snapshot
-
-study, moment = Location.of(sys.argv[1]), sys.argv[2]
-
-def die(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-real_write = deltalake.write_deltalake
-def write_then_die(*args, **kwargs):
-    real_write(*args, **kwargs)
-    die()
-
-if moment == "after the epochs are committed":
-    deltalake.write_deltalake = write_then_die
-elif moment == "before the files are deleted":
-    committer.delete_files = die
-elif moment == "during compaction":
-    deltalake.DeltaTable.create_checkpoint = die
-    snapshot.COMPACT_AT_FILES = 1
-committer.commit_trials(study, ["t1", "t2"], final=True)
+from cifartune.store import committer
+committer.commit_trials(Location.of(sys.argv[1]), ["t1", "t2"], final=True)
 """
 
 
@@ -156,9 +139,11 @@ committer.commit_trials(study, ["t1", "t2"], final=True)
 )
 def test_a_committer_killed_at_any_point_loses_nothing_and_the_next_commit_completes(study, moment):
     want = read_study(study)
+    faults = {"PYTHONPATH": str(FAULTS), KILL_DURING_COMMIT: moment}
     killed = subprocess.run(
-        [sys.executable, "-c", KILLER, study.path, moment], capture_output=True, text=True
-    )
+        [sys.executable, "-c", COMMIT, study.path],
+        capture_output=True, text=True, env={**os.environ, **faults},
+    )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     # Right after the kill, a reader sees every epoch once.
     got = epochs_of(study)

@@ -192,6 +192,12 @@ def write_spec(directory: Path, **fields: Any) -> Path:
     return path
 
 
+# Put on PYTHONPATH with KILL_DURING_COMMIT=<moment>: the process SIGKILLs itself at that moment
+# of its first commit to the study's tables (faults/sitecustomize.py names the moments).
+FAULTS = Path(__file__).parent / "faults"
+KILL_DURING_COMMIT = "CIFARTUNE_TEST_KILL_DURING_COMMIT"
+
+
 def epoch_rows(epochs: pd.DataFrame) -> set[tuple[Any, ...]]:
     """Each epoch row as written: its trial, epoch, process and end time (a rerun of the same
     epoch differs in the last two), whether read from its file or the committed table."""

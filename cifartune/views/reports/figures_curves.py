@@ -207,9 +207,10 @@ def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
     metric = study.metric
     trials = study.trials.set_index("trial_id")
     total = study.epochs["trial_id"].nunique()
+    summarised = total > DRAWN_CURVES
     fig, ax = plt.subplots(figsize=(10, 4.4))
     drawn = study.epochs
-    if total > DRAWN_CURVES:
+    if summarised:
         _draw_spread(ax, study.epochs, metric)
         drawn = drawn[drawn["trial_id"].isin(_best_trials(study, DRAWN_CURVES))]
     groups = list(dict.fromkeys(drawn["group"]))
@@ -259,7 +260,6 @@ def fig_trial_curves(study: StudyData, rungs: Sequence[int]) -> Plot | None:
             handle.set(marker="X", markerfacecolor="crimson", markeredgecolor="crimson")
         handles.append(handle)
         labels.append(STOP_NAMES.get(reason, reason or "not in the trial table"))
-    summarised = total > DRAWN_CURVES
     if summarised:
         handles += [Patch(color="0.85"), Line2D([], [], color="0.45", ls=(0, (1, 1)))]
         labels += [f"all {total:,} trials: 10th-90th percentile", "all trials: median"]
